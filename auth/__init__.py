@@ -1,0 +1,1 @@
+"""Who is calling: credential parsing, JWT and API-key verification, space roles."""

@@ -1,0 +1,63 @@
+"""Keyset (cursor) pagination: pages stay stable while rows are inserted.
+
+A cursor is the sort key of the last row of the previous page, so a row inserted meanwhile
+either sorts after it (and shows up on a later page) or before it (and is simply not seen);
+no row is skipped or repeated, as they would be with OFFSET.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from db.errors import Invalid
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    limit: int = DEFAULT_LIMIT
+    after: tuple[datetime, UUID] | None = None
+
+    @property
+    def after_time(self) -> datetime | None:
+        return self.after[0] if self.after else None
+
+    @property
+    def after_id(self) -> UUID | None:
+        return self.after[1] if self.after else None
+
+
+def encode_cursor(at: datetime, row_id: UUID) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), str(row_id)])).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        at, row_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), UUID(row_id)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise Invalid("cursor", "is not a cursor this API issued") from None
+
+
+def page_request(limit: int | None, cursor: str | None) -> PageRequest:
+    limit = DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)  # above the maximum: clamped
+    if limit < 1:
+        raise Invalid("limit", "must be at least 1")
+    return PageRequest(limit, decode_cursor(cursor) if cursor else None)
+
+
+def page(rows: list[dict[str, Any]], request: PageRequest, *, sort_key: str = "created_at") -> dict[str, Any]:
+    """Cut the limit+1 rows a query fetched into `{"items", "next_cursor"}`."""
+    items = rows[: request.limit]
+    more = len(rows) > request.limit
+    next_cursor = encode_cursor(items[-1][sort_key], items[-1]["id"]) if more else None
+    return {"items": items, "next_cursor": next_cursor}

@@ -1,0 +1,1 @@
+"""Plugin Gateway: registry API and reverse proxy for a plugin marketplace."""

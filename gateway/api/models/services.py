@@ -1,0 +1,118 @@
+"""Services (the marketplace registry) as the API reads and writes them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.api.fields import (
+    AuthType, Category, ConfigObject, HttpUrl, JsonObject, Name, RequestModel, ResponseModel, Slug,
+    Text, UiType,
+)
+from gateway.api.models.common import AuthConfig
+
+ServiceStatus = Literal["pending", "approved", "rejected", "deprecated"]
+EventName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class _ServiceWritable(RequestModel):
+    """Columns a maintainer may set. Every one is optional here; creation requires a few."""
+
+    description: Text(100_000) | None = None  # type: ignore[valid-type]
+    provider_url: HttpUrl | None = None
+    category: Category | None = None
+    capabilities: JsonObject = Field(default_factory=dict)
+    api_base_url: HttpUrl | None = None
+    api_auth_type: AuthType | None = None
+    api_auth_config: AuthConfig = Field(default_factory=dict)
+    ui_type: UiType | None = None
+    ui_config: ConfigObject = Field(default_factory=dict)
+    webhook_supported: bool = False
+    webhook_events: list[EventName] | None = None
+    icon_url: HttpUrl | None = None
+    screenshots: list[HttpUrl] | None = None
+    documentation_url: HttpUrl | None = None
+    support_url: HttpUrl | None = None
+    pricing_info: JsonObject | None = None
+
+
+class ServiceCreate(_ServiceWritable):
+    name: Name
+    slug: Slug
+    version: Text(50, min_length=1)  # type: ignore[valid-type]
+    provider: Name
+
+
+class ServicePatch(_ServiceWritable):
+    """Only the fields sent change. `verified` and `security_audit` are for platform admins."""
+
+    name: Name | None = None
+    version: Text(50, min_length=1) | None = None  # type: ignore[valid-type]
+    provider: Name | None = None
+    slug: str | None = None
+    verified: bool | None = None
+    security_audit: JsonObject | None = None
+
+    @field_validator("slug")
+    @classmethod
+    def _slug_is_fixed(cls, value: Any) -> Any:
+        raise ValueError("cannot be changed: a slug stays with its service")
+
+    @field_validator("name", "version", "provider")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
+
+
+class StatusChange(RequestModel):
+    status: Literal["approved", "rejected", "deprecated"]
+    reason: Text(2000) | None = None  # type: ignore[valid-type]
+
+
+class Service(ResponseModel):
+    id: UUID
+    name: str
+    slug: str
+    description: str | None = None
+    version: str
+    provider: str
+    provider_url: str | None = None
+    category: str | None = None
+    status: ServiceStatus | None = None
+    status_reason: str | None = None
+    capabilities: dict[str, Any] | None = None
+    api_base_url: str | None = None
+    api_auth_type: str | None = None
+    api_auth_config: dict[str, Any] | None = None
+    ui_type: str | None = None
+    ui_config: dict[str, Any] | None = None
+    webhook_supported: bool | None = None
+    webhook_events: list[str] | None = None
+    icon_url: str | None = None
+    screenshots: list[str] | None = None
+    documentation_url: str | None = None
+    support_url: str | None = None
+    pricing_info: dict[str, Any] | None = None
+    installation_count: int | None = None
+    rating: Decimal | None = None
+    review_count: int | None = None
+    verified: bool | None = None
+    security_audit: dict[str, Any] | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ServiceListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    limit: Annotated[int, Field(ge=1)] = 50
+    cursor: Annotated[str, Field(max_length=512)] | None = None
+    category: Annotated[str, Field(max_length=100)] | None = None
+    status: ServiceStatus | None = None
+    verified: bool | None = None
+    q: Annotated[str, Field(max_length=200)] | None = None

@@ -1,0 +1,130 @@
+"""/services: the marketplace registry, its status workflow and maintainers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from auth.principal import Principal
+from db import services as repo
+from db.errors import Conflict
+from db.pagination import page_request
+from gateway.api.caller import authenticate, require_platform_admin, require_user, transaction
+from gateway.api.models.common import page_of
+from gateway.api.models.services import Service, ServiceCreate, ServiceListQuery, ServicePatch, StatusChange
+from gateway.api.registry import Call, endpoint
+from gateway.appkeys import SETTINGS
+from gateway.errors import Forbidden, NotFound, ValidationFailed
+from gateway.upstream_safety import UnsafeUpstream, check_registration_url
+
+TAG = "services"
+
+# Allowed status changes; anything else is a 409.
+TRANSITIONS = {
+    ("pending", "approved"), ("pending", "rejected"), ("rejected", "approved"),
+    ("approved", "deprecated"), ("deprecated", "approved"),
+}
+
+
+async def check_upstreams(request: web.Request, values: dict[str, Any]) -> None:
+    """Registration-time upstream safety for the URLs the proxy will call."""
+    allow = request.app[SETTINGS].allow_private_upstreams
+    urls = {"api_base_url": values.get("api_base_url"),
+            "api_auth_config.token_url": (values.get("api_auth_config") or {}).get("token_url")}
+    for field, url in urls.items():
+        if url:
+            try:
+                await check_registration_url(url, allow_private=allow)
+            except UnsafeUpstream as exc:
+                raise ValidationFailed([{"field": field, "message": str(exc)}]) from None
+
+
+def can_maintain(principal: Principal, row: dict[str, Any]) -> None:
+    if principal.platform_admin or row["is_maintainer"]:
+        return
+    if row["status"] not in ("approved", "deprecated"):
+        raise NotFound("No such service")  # others may not even learn that it exists
+    raise Forbidden("Only the service's maintainers may change it")
+
+
+@endpoint("GET", "/services", summary="List services", tag=TAG,
+          query=ServiceListQuery, response=page_of(Service))
+async def list_services(call: Call[None, ServiceListQuery]) -> dict[str, Any]:
+    principal = await authenticate(call.request)
+    q = call.query
+    async with transaction(call.request, principal) as conn:
+        return await repo.list_services(
+            conn, admin=principal.platform_admin, user_id=principal.user_id, category=q.category,
+            status=q.status, verified=q.verified, q=q.q, request=page_request(q.limit, q.cursor))
+
+
+@endpoint("POST", "/services", summary="Register a service (starts pending)", tag=TAG,
+          body=ServiceCreate, response=Service, status=201, errors=(409, 422))
+async def create_service(call: Call[ServiceCreate, None]) -> dict[str, Any]:
+    principal = await require_user(call.request)
+    values = call.body.model_dump(exclude_unset=True)
+    await check_upstreams(call.request, values)
+    async with transaction(call.request, principal) as conn:
+        assert principal.user_id is not None
+        return await repo.create_service(conn, values, principal.user_id)
+
+
+@endpoint("GET", "/services/{service_id}", summary="Read a service", tag=TAG, response=Service)
+async def get_service(call: Call[None, None]) -> dict[str, Any]:
+    principal = await authenticate(call.request)
+    async with transaction(call.request, principal) as conn:
+        return await repo.get_visible(conn, call["service_id"], admin=principal.platform_admin,
+                                      user_id=principal.user_id)
+
+
+@endpoint("PATCH", "/services/{service_id}", summary="Change a service", tag=TAG,
+          body=ServicePatch, response=Service, errors=(403, 422))
+async def patch_service(call: Call[ServicePatch, None]) -> dict[str, Any]:
+    principal = await authenticate(call.request)
+    values = call.body.model_dump(exclude_unset=True)
+    if {"verified", "security_audit"} & values.keys() and not principal.platform_admin:
+        raise Forbidden("Only platform admins may set verified or security_audit")
+    await check_upstreams(call.request, values)
+    async with transaction(call.request, principal) as conn:
+        can_maintain(principal, await repo.lock_for_write(conn, call["service_id"], principal.user_id))
+        return await repo.update_service(conn, call["service_id"], values)
+
+
+@endpoint("DELETE", "/services/{service_id}", summary="Delete a service (soft; its slug stays taken)",
+          tag=TAG, status=204)
+async def delete_service(call: Call[None, None]) -> None:
+    principal = await authenticate(call.request)
+    async with transaction(call.request, principal) as conn:
+        can_maintain(principal, await repo.lock_for_write(conn, call["service_id"], principal.user_id))
+        await repo.soft_delete(conn, call["service_id"])
+
+
+@endpoint("PUT", "/services/{service_id}/status", summary="Approve, reject or deprecate a service",
+          tag=TAG, body=StatusChange, response=Service, errors=(403, 409))
+async def change_status(call: Call[StatusChange, None]) -> dict[str, Any]:
+    principal = await require_platform_admin(call.request)
+    async with transaction(call.request, principal) as conn:
+        row = await repo.lock_for_write(conn, call["service_id"], principal.user_id)
+        if (row["status"], call.body.status) not in TRANSITIONS:
+            raise Conflict(f"A {row['status']} service cannot become {call.body.status}")
+        return await repo.set_status(conn, call["service_id"], call.body.status, call.body.reason)
+
+
+@endpoint("PUT", "/services/{service_id}/maintainers/{user_id}", summary="Add a maintainer",
+          tag=TAG, status=204, errors=(403, 404))
+async def add_maintainer(call: Call[None, None]) -> None:
+    principal = await require_platform_admin(call.request)
+    async with transaction(call.request, principal) as conn:
+        await repo.lock_for_write(conn, call["service_id"], principal.user_id)
+        await repo.add_maintainer(conn, call["service_id"], call["user_id"])
+
+
+@endpoint("DELETE", "/services/{service_id}/maintainers/{user_id}", summary="Remove a maintainer",
+          tag=TAG, status=204, errors=(403, 404))
+async def remove_maintainer(call: Call[None, None]) -> None:
+    principal = await require_platform_admin(call.request)
+    async with transaction(call.request, principal) as conn:
+        await repo.lock_for_write(conn, call["service_id"], principal.user_id)
+        if not await repo.remove_maintainer(conn, call["service_id"], call["user_id"]):
+            raise NotFound("This user is not a maintainer of the service")

@@ -1,0 +1,77 @@
+"""The `gateway` command: migrate, serve, create-token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from uuid import UUID
+
+from gateway.settings import ConfigError, Settings
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from db.migrate import migrate
+
+    settings.require("database_url")
+    applied = asyncio.run(migrate(settings.database_url))
+    print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    settings.require("database_url", "encryption_keys", "jwt")
+    host, port = args.host or settings.host, args.port or settings.port
+    web.run_app(create_app(settings), host=host, port=port, access_log=None,
+                print=lambda _: print(f"gateway listening on http://{host}:{port}", flush=True))
+    return 0
+
+
+def _create_token(args: argparse.Namespace, settings: Settings) -> int:
+    from auth.jwt import issue_token
+
+    if not settings.jwt_secret:
+        raise ConfigError("Config 'GATEWAY_JWT_SECRET' is missing, and has no default.")
+    roles = ["platform_admin"] if args.platform_admin else None
+    print(issue_token(settings.jwt_secret, args.user_id, roles=roles, lifetime_seconds=args.ttl,
+                      issuer=settings.jwt_issuer, audience=settings.jwt_audience))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Plugin Gateway: registry API and plugin proxy.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="apply pending database migrations, then exit")
+    migrate.set_defaults(run=_migrate)
+
+    serve = commands.add_parser("serve", help="run the API and proxy server")
+    serve.add_argument("--host", help="listen address (default: GATEWAY_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
+    serve.set_defaults(run=_serve)
+
+    token = commands.add_parser("create-token", help="print a development JWT for a user (HS256)")
+    token.add_argument("user_id", type=UUID, help="the users.id the token names")
+    token.add_argument("--platform-admin", action="store_true", help="add the platform_admin role")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    token.set_defaults(run=_create_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.run(args, Settings.from_env()))
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""/healthz (the process runs) and /readyz (the gateway has reached its state at least once)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from db.migrate import pending_migrations
+from db.pool import CONNECTION_ERRORS
+from gateway.appkeys import DB
+
+READY_SINCE = web.AppKey("ready_since", float)
+PENDING_MIGRATIONS = web.AppKey("pending_migrations", list)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _database_answers(request: web.Request) -> bool:
+    pool = request.app[DB].pool
+    if pool is None:
+        return False
+    try:
+        await pool.fetchval("SELECT 1", timeout=1)
+    except CONNECTION_ERRORS:
+        return False
+    return True
+
+
+async def mark_ready_when_possible(app: web.Application) -> None:
+    """Once PostgreSQL answers and every migration is applied, the node is ready for good."""
+    db = app[DB]
+    await db.ready.wait()
+    assert db.pool is not None
+    async with db.pool.acquire() as conn:
+        pending = await pending_migrations(conn)
+    app[PENDING_MIGRATIONS] = [m.filename for m in pending]
+    if not pending:
+        app[READY_SINCE] = time.time()
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    database = await _database_answers(request)
+    body: dict[str, object] = {"database": "up" if database else "down"}
+    if READY_SINCE in app:
+        body["status"] = "ready"
+        body["ready_for_seconds"] = round(time.time() - app[READY_SINCE], 3)
+        # A node that lost PostgreSQL after start stays ready: it keeps serving from memory.
+        return web.json_response(body)
+    body["status"] = "starting"
+    body["missing"] = (["pending migrations: " + ", ".join(app[PENDING_MIGRATIONS]) + " (run gateway migrate)"]
+                       if app.get(PENDING_MIGRATIONS) else ["database"])
+    return web.json_response(body, status=503)

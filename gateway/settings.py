@@ -1,0 +1,146 @@
+"""Configuration, read once from the environment, validated, then frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _number(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0) -> float:
+    raw = env.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"Config '{key}' must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"Config '{key}' must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
+    value = _number(env, key, default, minimum=minimum)
+    if value != int(value):
+        raise ConfigError(f"Config '{key}' must be a whole number")
+    return int(value)
+
+
+def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"Config '{key}' must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = ""
+    redis_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9180
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwks_url: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    encryption_keys: str = field(default="", repr=False)
+    assertion_key: str = field(default="", repr=False)
+    assertion_issuer: str = "plugin-gateway"
+    allow_private_upstreams: bool = False
+    upstream_connect_timeout: float = 5.0
+    upstream_timeout: float = 30.0
+    max_body_bytes: int = 1024 * 1024
+    proxy_max_body_bytes: int = 1024 * 1024 * 1024
+    workers: int = 1
+    redis_timeout: float = 0.05
+    rate_limit_failure: str = "local"
+    cache_max_body_bytes: int = 1024 * 1024
+    cache_memory_bytes: int = 64 * 1024 * 1024
+    upstream_pool_per_host: int = 64
+    drain_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:
+        """Build settings from the environment; a `.env` file fills in what the environment lacks."""
+        env: dict[str, str] = _read_dotenv(dotenv or Path(".env"))
+        env.update(os.environ if environ is None else environ)
+        host = env.get("GATEWAY_HOST") or "127.0.0.1"
+        redis_url = env.get("REDIS_URL", "")
+        failure = env.get("GATEWAY_RATE_LIMIT_FAILURE") or "local"
+        if failure not in ("local", "open", "closed"):
+            raise ConfigError("Config 'GATEWAY_RATE_LIMIT_FAILURE' must be local, open or closed")
+        default_workers = (os.cpu_count() or 1) if redis_url else 1
+        return cls(
+            database_url=env.get("DATABASE_URL", ""),
+            redis_url=redis_url,
+            host=host,
+            port=_integer(env, "GATEWAY_PORT", 8080),
+            metrics_host=env.get("GATEWAY_METRICS_HOST") or host,
+            metrics_port=_integer(env, "GATEWAY_METRICS_PORT", 9180),
+            jwt_secret=env.get("GATEWAY_JWT_SECRET", ""),
+            jwt_public_key=env.get("GATEWAY_JWT_PUBLIC_KEY", ""),
+            jwks_url=env.get("GATEWAY_JWKS_URL", ""),
+            jwt_issuer=env.get("GATEWAY_JWT_ISSUER", ""),
+            jwt_audience=env.get("GATEWAY_JWT_AUDIENCE", ""),
+            encryption_keys=env.get("GATEWAY_ENCRYPTION_KEYS", ""),
+            assertion_key=env.get("GATEWAY_ASSERTION_KEY", "").replace("\\n", "\n"),
+            assertion_issuer=env.get("GATEWAY_ASSERTION_ISSUER") or "plugin-gateway",
+            allow_private_upstreams=_flag(env, "GATEWAY_ALLOW_PRIVATE_UPSTREAMS", False),
+            upstream_connect_timeout=_number(env, "GATEWAY_UPSTREAM_CONNECT_TIMEOUT", 5.0),
+            upstream_timeout=_number(env, "GATEWAY_UPSTREAM_TIMEOUT", 30.0),
+            max_body_bytes=_integer(env, "GATEWAY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+            proxy_max_body_bytes=_integer(env, "GATEWAY_PROXY_MAX_BODY_BYTES", 1024**3),
+            workers=_integer(env, "GATEWAY_WORKERS", default_workers, minimum=1),
+            redis_timeout=_number(env, "GATEWAY_REDIS_TIMEOUT", 0.05),
+            rate_limit_failure=failure,
+            cache_max_body_bytes=_integer(env, "GATEWAY_CACHE_MAX_BODY_BYTES", 1024 * 1024),
+            cache_memory_bytes=_integer(env, "GATEWAY_CACHE_MEMORY_BYTES", 64 * 1024 * 1024),
+            upstream_pool_per_host=_integer(env, "GATEWAY_UPSTREAM_POOL_PER_HOST", 64, minimum=1),
+            drain_seconds=_number(env, "GATEWAY_DRAIN_SECONDS", 30.0),
+        )
+
+    def require(self, *names: str) -> None:
+        """Stop startup when a setting a command needs is empty, naming its variable."""
+        variables = {
+            "database_url": "DATABASE_URL",
+            "encryption_keys": "GATEWAY_ENCRYPTION_KEYS",
+            "assertion_key": "GATEWAY_ASSERTION_KEY",
+        }
+        for name in names:
+            if name == "jwt":
+                self._require_caller_auth()
+            elif not getattr(self, name):
+                raise ConfigError(f"Config '{variables[name]}' is missing, and has no default.")
+
+    def _require_caller_auth(self) -> None:
+        if not (self.jwt_secret or self.jwt_public_key or self.jwks_url):
+            raise ConfigError(
+                "No caller authentication is configured: set GATEWAY_JWT_SECRET, "
+                "GATEWAY_JWT_PUBLIC_KEY or GATEWAY_JWKS_URL."
+            )

@@ -1,0 +1,134 @@
+"""Real PostgreSQL (and Redis where needed) for every test; nothing of our own is mocked.
+
+The server is DATABASE_URL when it answers, else a throwaway cluster started here. A template
+database is migrated once per run; each test module gets its own copy (CREATE DATABASE ...
+TEMPLATE, a few milliseconds), so no test depends on another's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from db.encryption import generate_key_ring_entry
+from db.migrate import migrate
+from gateway import devservices
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.factories import Factory
+
+JWT_SECRET = "test-jwt-secret-" + uuid.uuid4().hex
+ENCRYPTION_KEYS = f"{generate_key_ring_entry('t2')},{generate_key_ring_entry('t1')}"
+
+
+def _with_database(dsn: str, name: str) -> str:
+    return str(URL(dsn).with_path("/" + name))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    dsn = os.environ.get("DATABASE_URL", "")
+    if dsn and devservices.postgres_answers(dsn):
+        yield dsn
+        return
+    with tempfile.TemporaryDirectory(prefix="pgw-test-pg-") as tmp:
+        os.chmod(tmp, 0o755)
+        server = devservices.start_postgres(Path(tmp) / "data")
+        try:
+            yield server.dsn
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL", "")
+    if url and devservices.redis_answers(url):
+        yield url
+        return
+    server = devservices.start_redis()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_database(postgres_server: str) -> AsyncIterator[str]:
+    name = f"pgw_template_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await migrate(_with_database(postgres_server, name))
+        yield name
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def create_database(server: str, template: str) -> str:
+    name = f"pgw_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def drop_database(server: str, name: str) -> None:
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def database_url(postgres_server: str, template_database: str) -> AsyncIterator[str]:
+    name = await create_database(postgres_server, template_database)
+    yield _with_database(postgres_server, name)
+    await drop_database(postgres_server, name)
+
+
+@pytest.fixture(scope="module")
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Direct access to the module's database, for arranging rows and checking what was stored."""
+    from db.pool import create_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        database_url=database_url, jwt_secret=JWT_SECRET, encryption_keys=ENCRYPTION_KEYS,
+        allow_private_upstreams=True,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
+    return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture(scope="module")
+def make(db: asyncpg.Pool) -> Factory:
+    return Factory(db, JWT_SECRET)
