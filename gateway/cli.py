@@ -1,4 +1,4 @@
-"""The `gateway` command: migrate, serve, create-token."""
+"""The `gateway` command: migrate, serve, demo, create-token."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from gateway.app import create_app
 
-    settings.require("database_url", "encryption_keys", "jwt")
+    settings.require("database_url", "encryption_keys", "assertion_key", "jwt")
     host, port = args.host or settings.host, args.port or settings.port
     web.run_app(create_app(settings), host=host, port=port, access_log=None,
                 print=lambda _: print(f"gateway listening on http://{host}:{port}", flush=True))
@@ -43,6 +43,14 @@ def _create_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from gateway.demo import run_demo
+
+    return run_demo(Path(args.data_dir).resolve(), args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Plugin Gateway: registry API and plugin proxy.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -54,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: GATEWAY_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
     serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="run a development gateway: local PostgreSQL if needed, keys, migrations, demo rows")
+    demo.add_argument("--data-dir", default=".data", help="where keys and the local database live (default .data)")
+    demo.add_argument("--host", help="listen address (default: GATEWAY_HOST)")
+    demo.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
+    demo.set_defaults(run=_demo)
 
     token = commands.add_parser("create-token", help="print a development JWT for a user (HS256)")
     token.add_argument("user_id", type=UUID, help="the users.id the token names")
