@@ -94,8 +94,7 @@ def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
     try:
         env = {**os.environ, **development_keys(data_dir), "DATABASE_URL": dsn}
         settings = Settings.from_env(env)
-        for name in asyncio.run(migrate(dsn)):
-            print("applied", name)
+        asyncio.run(migrate(dsn))
         user_id, space_id = asyncio.run(_demo_rows(dsn))
         token = issue_token(settings.jwt_secret, user_id, roles=["platform_admin"], lifetime_seconds=86400)
         base = f"http://{host or settings.host}:{port or settings.port}"
