@@ -12,7 +12,7 @@ from auth.credentials import credential_from_headers
 from auth.principal import PLATFORM_ADMIN, Principal, role_meets
 from db import callers
 from gateway.appkeys import DB, JWT
-from gateway.errors import Forbidden, Unauthenticated
+from gateway.errors import Forbidden, NotFound, Unauthenticated
 
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
 
@@ -30,7 +30,7 @@ async def authenticate(request: web.Request) -> Principal:
             raise Unauthenticated("Unknown or revoked API key")
         principal = Principal(None, api_key_id=key.id, api_key_space_id=key.space_id, api_key_role=key.role)
     else:
-        claims = request.app[JWT].verify(credential.value)
+        claims = await request.app[JWT].verify_async(credential.value)
         user_id = UUID(str(claims["sub"]))
         if not await callers.user_exists(pool, user_id):
             raise Unauthenticated("Unknown user")
@@ -55,9 +55,12 @@ async def require_space_role(request: web.Request, space_id: UUID, minimum: str)
     Returns the caller and the role to judge by (platform admins act as `owner`).
     """
     principal = await authenticate(request)
-    role = await space_role(request, principal, space_id)
     if principal.platform_admin:
+        # Members learn nothing from a 404 here; for admins it tells a typo from an empty space.
+        if not await callers.space_exists(request.app[DB].require(), space_id):
+            raise NotFound("No such space")
         return principal, "owner"
+    role = await space_role(request, principal, space_id)
     if role is None:
         raise Forbidden("You are not a member of this space")
     if not role_meets(role, minimum):

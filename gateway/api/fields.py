@@ -74,7 +74,10 @@ Category = Annotated[str, StringConstraints(max_length=100, pattern=CATEGORY_PAT
 HttpUrl = Annotated[str, StringConstraints(max_length=URL_MAX), AfterValidator(_http_url)]
 JsonObject = dict[str, Any]
 ConfigObject = Annotated[dict[str, Any], AfterValidator(_no_secret_keys)]
-Credentials = dict[str, Annotated[str, StringConstraints(max_length=8192)]]
+# Credential names are shown back as `credential_keys`, so they are bounded like any label;
+# values are the secrets themselves and only ever travel into the encrypted envelope.
+Credentials = dict[Annotated[str, StringConstraints(min_length=1, max_length=100)],
+                   Annotated[str, StringConstraints(max_length=8192)]]
 PositiveInt = Annotated[int, Field(ge=1, le=INT32_MAX)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Tags = list[Annotated[str, StringConstraints(min_length=1, max_length=255)]]

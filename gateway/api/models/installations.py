@@ -1,0 +1,66 @@
+"""Installations of a service in a space, as the API reads and writes them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import Field, StringConstraints, field_validator
+
+from gateway.api.fields import ConfigObject, Credentials, RequestModel, ResponseModel, Slug, SpaceRole
+
+InstallationStatus = Literal["active", "inactive", "error"]
+
+
+
+class Permissions(RequestModel):
+    """Who in the space may call the plugin through the proxy (default: every member)."""
+
+    min_role: SpaceRole = "viewer"
+
+
+class InstallationCreate(RequestModel):
+    """Name the service by exactly one of `service_id` and `slug` (checked by the handler)."""
+
+    service_id: UUID | None = None
+    slug: Slug | None = None
+    config: ConfigObject = Field(default_factory=dict)
+    credentials: Credentials = Field(default_factory=dict)
+    permissions: Permissions = Field(default_factory=Permissions)
+    status: InstallationStatus = "active"
+
+
+class InstallationPatch(RequestModel):
+    """Only the fields sent change; `config` and `credentials` are replaced whole."""
+
+    config: ConfigObject | None = None
+    credentials: Credentials | None = None
+    permissions: Permissions | None = None
+    status: InstallationStatus | None = None
+
+    @field_validator("config", "credentials", "permissions", "status")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
+
+
+class Installation(ResponseModel):
+    """Every column but `credentials`, which is write-only: only its names are shown."""
+
+    id: UUID
+    service_id: UUID
+    space_id: UUID
+    service_slug: str | None = None
+    service_name: str | None = None
+    installed_by: UUID | None = None
+    config: dict[str, Any] | None = None
+    credential_keys: list[str]
+    status: InstallationStatus | None = None
+    last_health_check: datetime | None = None
+    health_status: str | None = None
+    permissions: dict[str, Any] | None = None
+    installed_at: datetime | None = None
+    updated_at: datetime | None = None
