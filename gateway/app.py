@@ -40,7 +40,10 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[DB] = Database(settings.database_url)
     app[KEYRING] = KeyRing.parse(settings.encryption_keys)
-    app[JWT] = JwtVerifier(settings.jwt_secret, settings.jwt_issuer, settings.jwt_audience)
+    app[JWT] = JwtVerifier.from_config(
+        secret=settings.jwt_secret, public_key=settings.jwt_public_key, jwks_url=settings.jwks_url,
+        issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    app.on_cleanup.append(lambda app: app[JWT].close())  # the JWKS client session, if any
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     add_routes(app)
