@@ -96,6 +96,14 @@ class ServiceUnavailable(GatewayError):
                          headers={"Retry-After": "5"})
 
 
+class BadGateway(GatewayError):
+    status, type, title = 502, PROBLEM_BASE + "bad-gateway", "Bad Gateway"
+
+
+class GatewayTimeout(GatewayError):
+    status, type, title = 504, PROBLEM_BASE + "gateway-timeout", "Gateway Timeout"
+
+
 def translate(exc: BaseException) -> GatewayError | None:
     """Map an error from a lower layer onto the hierarchy, walking its MRO like Starlette does."""
     if isinstance(exc, GatewayError):

@@ -9,6 +9,7 @@ from aiohttp import web
 from db.migrate import pending_migrations
 from db.pool import CONNECTION_ERRORS
 from gateway.appkeys import DB
+from gateway.proxy.runtime import PROXY
 
 READY_SINCE = web.AppKey("ready_since", float)
 PENDING_MIGRATIONS = web.AppKey("pending_migrations", list)
@@ -37,20 +38,33 @@ async def mark_ready_when_possible(app: web.Application) -> None:
     async with db.pool.acquire() as conn:
         pending = await pending_migrations(conn)
     app[PENDING_MIGRATIONS] = [m.filename for m in pending]
-    if not pending:
-        app[READY_SINCE] = time.time()
+    if pending:
+        return
+    await app[PROXY].loader.loaded.wait()
+    app[READY_SINCE] = time.time()
 
 
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     database = await _database_answers(request)
-    body: dict[str, object] = {"database": "up" if database else "down"}
+    loader = app[PROXY].loader
+    age = loader.age
+    body: dict[str, object] = {
+        "database": "up" if database else "down",
+        "redis": "not configured",
+        "route_table": {"loaded": age is not None, "age_seconds": None if age is None else round(age, 3),
+                        "routes": loader.state.table.size, "listening_for_changes": loader.listening,
+                        # Not listening means changes may be missed: the table may be stale.
+                        "stale": age is None or not loader.listening},
+    }
     if READY_SINCE in app:
         body["status"] = "ready"
         body["ready_for_seconds"] = round(time.time() - app[READY_SINCE], 3)
         # A node that lost PostgreSQL after start stays ready: it keeps serving from memory.
         return web.json_response(body)
     body["status"] = "starting"
-    body["missing"] = (["pending migrations: " + ", ".join(app[PENDING_MIGRATIONS]) + " (run gateway migrate)"]
-                       if app.get(PENDING_MIGRATIONS) else ["database"])
+    if app.get(PENDING_MIGRATIONS):
+        body["missing"] = ["pending migrations: " + ", ".join(app[PENDING_MIGRATIONS]) + " (run gateway migrate)"]
+    else:
+        body["missing"] = ["database"] if app[DB].pool is None else ["route table"]
     return web.json_response(body, status=503)

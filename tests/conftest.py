@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
@@ -28,6 +30,8 @@ from tests.factories import Factory
 
 JWT_SECRET = "test-jwt-secret-" + uuid.uuid4().hex
 ENCRYPTION_KEYS = f"{generate_key_ring_entry('t2')},{generate_key_ring_entry('t1')}"
+ASSERTION_KEY = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
 
 
 def _with_database(dsn: str, name: str) -> str:
@@ -113,6 +117,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         database_url=database_url, jwt_secret=JWT_SECRET, encryption_keys=ENCRYPTION_KEYS,
+        assertion_key=ASSERTION_KEY,
         allow_private_upstreams=True,
     )
     values.update(overrides)

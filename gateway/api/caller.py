@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
 
+import asyncpg
 from aiohttp import web
 
-from auth.api_keys import hash_api_key
-from auth.credentials import credential_from_headers
-from auth.principal import PLATFORM_ADMIN, Principal, role_meets
+from auth.identify import identify
+from auth.principal import Principal, role_meets
 from db import callers
 from gateway.appkeys import DB, JWT
-from gateway.errors import Forbidden, NotFound, Unauthenticated
+from gateway.errors import Forbidden, NotFound
 
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectLookups:
+    pool: asyncpg.Pool
+
+    async def user_exists(self, user_id: UUID) -> bool:
+        return await callers.user_exists(self.pool, user_id)
+
+    async def api_key(self, key_hash: bytes) -> callers.ApiKeyIdentity | None:
+        return await callers.api_key_by_hash(self.pool, key_hash)
 
 
 async def authenticate(request: web.Request) -> Principal:
@@ -22,20 +34,9 @@ async def authenticate(request: web.Request) -> Principal:
     cached: Principal | None = request.get(PRINCIPAL)
     if cached is not None:
         return cached
-    credential = credential_from_headers(request.headers)
-    pool = request.app[DB].require()
-    if credential.kind == "api_key":
-        key = await callers.api_key_by_hash(pool, hash_api_key(credential.value))
-        if key is None:
-            raise Unauthenticated("Unknown or revoked API key")
-        principal = Principal(None, api_key_id=key.id, api_key_space_id=key.space_id, api_key_role=key.role)
-    else:
-        claims = await request.app[JWT].verify_async(credential.value)
-        user_id = UUID(str(claims["sub"]))
-        if not await callers.user_exists(pool, user_id):
-            raise Unauthenticated("Unknown user")
-        roles = claims.get("roles")
-        principal = Principal(user_id, platform_admin=isinstance(roles, list) and PLATFORM_ADMIN in roles)
+    # The API reads users and keys from PostgreSQL, not the proxy's caches: a key revoked a
+    # moment ago must already be refused by the API that revoked it.
+    principal = await identify(request.headers, request.app[JWT], DirectLookups(request.app[DB].require()))
     request[PRINCIPAL] = principal
     return principal
 

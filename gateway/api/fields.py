@@ -31,7 +31,7 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def _http_url(value: str) -> str:
+def http_url(value: str) -> str:
     from yarl import URL
 
     if value != value.strip() or any(c.isspace() for c in value):
@@ -47,7 +47,7 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _no_secret_keys(value: dict[str, Any]) -> dict[str, Any]:
+def no_secret_keys(value: dict[str, Any]) -> dict[str, Any]:
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
             for key, item in node.items():
@@ -71,9 +71,9 @@ def Text(max_length: int, *, min_length: int = 0) -> Any:  # noqa: N802 - reads 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 Category = Annotated[str, StringConstraints(max_length=100, pattern=CATEGORY_PATTERN)]
-HttpUrl = Annotated[str, StringConstraints(max_length=URL_MAX), AfterValidator(_http_url)]
+HttpUrl = Annotated[str, StringConstraints(max_length=URL_MAX), AfterValidator(http_url)]
 JsonObject = dict[str, Any]
-ConfigObject = Annotated[dict[str, Any], AfterValidator(_no_secret_keys)]
+ConfigObject = Annotated[dict[str, Any], AfterValidator(no_secret_keys)]
 # Credential names are shown back as `credential_keys`, so they are bounded like any label;
 # values are the secrets themselves and only ever travel into the encrypted envelope.
 Credentials = dict[Annotated[str, StringConstraints(min_length=1, max_length=100)],

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from aiohttp import web
+from pydantic import TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from gateway.api.registry import API_PREFIX, ENDPOINTS, Endpoint, endpoint
@@ -53,8 +54,11 @@ def build_document() -> dict[str, Any]:
     def schema_of(model: Any, mode: str) -> dict[str, Any]:
         if (model, mode) in refs:
             return refs[(model, mode)]
-        from pydantic import TypeAdapter  # list bodies (discovery sync) and other non-model types
-        return TypeAdapter(model).json_schema(mode=mode, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+        # List bodies (discovery sync) and other non-model types: their nested models join the
+        # shared components, so every $ref resolves in one place.
+        schema = TypeAdapter(model).json_schema(mode=mode, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+        schemas.update(schema.pop("$defs", {}))
+        return schema
 
     paths: dict[str, dict[str, Any]] = {}
     for ep in ENDPOINTS:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-from gateway.api.fields import ResponseModel, _http_url, _no_secret_keys
+from gateway.api.fields import ResponseModel, http_url, no_secret_keys
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -34,7 +34,7 @@ def page_of(model: type[T]) -> type[BaseModel]:
 
 def _auth_config(value: dict[str, Any]) -> dict[str, Any]:
     """The contract's auth config keys keep their types; other keys are the vendor's own."""
-    _no_secret_keys(value)
+    no_secret_keys(value)
     header = value.get("header_name")
     if header is not None and not (isinstance(header, str) and _HEADER_NAME.match(header)):
         raise ValueError("header_name must be an HTTP header name")
@@ -42,7 +42,7 @@ def _auth_config(value: dict[str, Any]) -> dict[str, Any]:
     if token_url is not None:
         if not isinstance(token_url, str):
             raise ValueError("token_url must be a string")
-        _http_url(token_url)
+        http_url(token_url)
     scope = value.get("scope")
     if scope is not None and not (isinstance(scope, str) and len(scope) <= 1024):
         raise ValueError("scope must be a string of at most 1024 characters")

@@ -11,7 +11,7 @@ from uuid import UUID
 from pydantic import AfterValidator, Field, RootModel, StringConstraints, field_validator
 
 from gateway.api.fields import (
-    JsonObject, Name, Port, RequestModel, ResponseModel, Tags, Text, _no_secret_keys,
+    JsonObject, Name, Port, RequestModel, ResponseModel, Tags, Text, no_secret_keys,
 )
 
 InstanceType = Literal["vm", "docker_host", "kubernetes", "cloud_instance"]
@@ -41,7 +41,7 @@ def _connection_config(value: dict[str, Any]) -> dict[str, Any]:
         isinstance(secrets, dict) and all(isinstance(v, str) and len(v) <= 8192 for v in secrets.values())
     ):
         raise ValueError("'secrets' must be an object of strings (at most 8192 characters each)")
-    _no_secret_keys({key: item for key, item in value.items() if key != "secrets"})
+    no_secret_keys({key: item for key, item in value.items() if key != "secrets"})
     return value
 
 

@@ -1,0 +1,83 @@
+"""What the proxy holds for the life of the app, opened and closed in one cleanup_ctx."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from auth.jwt import JwtVerifier
+from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
+from gateway.proxy.assertion import AssertionSigner
+from gateway.proxy.callers import CallerCache
+from gateway.proxy.resolver import PublicOnlyResolver
+from gateway.proxy.upstream_auth import UpstreamAuth
+from gateway.settings import Settings
+from routing.loader import StateLoader
+
+
+@dataclass(slots=True)
+class ProxyRuntime:
+    settings: Settings
+    loader: StateLoader
+    callers: CallerCache
+    verifier: JwtVerifier
+    session: aiohttp.ClientSession
+    signer: AssertionSigner
+    upstream_auth: UpstreamAuth
+
+
+PROXY: Final = web.AppKey("proxy", ProxyRuntime)
+SIGNER: Final = web.AppKey("assertion_signer", AssertionSigner)
+
+
+def runtime_of(request: web.Request) -> ProxyRuntime:
+    return request.app[PROXY]
+
+
+def upstream_session(settings: Settings) -> aiohttp.ClientSession:
+    """One session for every upstream call: bounded keep-alive pool per host, no cookie jar
+    (one tenant's cookies must never reach another), nothing decompressed or added on our own."""
+    connector = aiohttp.TCPConnector(
+        limit=0,  # the bound that matters is per host: one slow plugin cannot take every slot
+        limit_per_host=settings.upstream_pool_per_host,
+        resolver=None if settings.allow_private_upstreams else PublicOnlyResolver(),
+        ttl_dns_cache=10,
+        keepalive_timeout=30,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.upstream_connect_timeout,
+                                      sock_read=settings.upstream_timeout),
+    )
+
+
+async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    session = upstream_session(settings)
+    callers = CallerCache(app[DB])
+    upstream_auth = UpstreamAuth(app[KEYRING], session, allow_private=settings.allow_private_upstreams)
+
+    def on_change(change: dict[str, Any]) -> None:
+        callers.on_change(change)
+        if change.get("table") in ("service_installations", "*"):
+            upstream_auth.invalidate()
+
+    loader = StateLoader(app[DB], on_change=on_change)
+    app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth)
+    tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run_flusher())]
+    yield
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await callers.flush_last_used()
+    await session.close()

@@ -1,0 +1,51 @@
+"""The request stages of the proxy, in order. Each fills in the context or raises a problem.
+
+authenticate → authorize → route; then (gateway.proxy.forward) the terminal `forward`.
+"""
+
+from __future__ import annotations
+
+from auth.identify import identify
+from auth.principal import role_meets
+from gateway.errors import Forbidden, MethodNotAllowed, NotFound
+from gateway.proxy.context import ProxyContext
+from gateway.proxy.runtime import runtime_of
+from routing.table import MethodNotAllowed as NoSuchMethod
+from routing.table import NoRoute
+
+
+async def authenticate(ctx: ProxyContext) -> None:
+    rt = runtime_of(ctx.request)
+    ctx.principal = await identify(ctx.request.headers, rt.verifier, rt.callers)
+
+
+async def authorize(ctx: ProxyContext) -> None:
+    """Member of the space (403 otherwise), live installation (404), role ≥ min_role (403)."""
+    principal = ctx.principal
+    assert principal is not None
+    if principal.is_api_key:
+        role = principal.api_key_role if principal.api_key_space_id == ctx.space_id else None
+    else:
+        assert principal.user_id is not None
+        role = await runtime_of(ctx.request).callers.role(ctx.space_id, principal.user_id)
+    if role is None:
+        raise Forbidden("You are not a member of this space")
+    installation = ctx.state.installation(ctx.space_id, ctx.slug)
+    if installation is None or installation.status != "active":
+        raise NotFound("This space has no active installation of that plugin")
+    if not role_meets(role, installation.min_role):
+        raise Forbidden(f"Calling this plugin needs the space role '{installation.min_role}' or higher")
+    ctx.role, ctx.installation = role, installation
+
+
+async def route(ctx: ProxyContext) -> None:
+    assert ctx.installation is not None
+    try:
+        ctx.match = ctx.state.table.match(ctx.slug, ctx.installation.id, ctx.request.method, ctx.path)
+    except NoRoute:
+        raise NotFound("No route of this plugin matches the path") from None
+    except NoSuchMethod as exc:
+        raise MethodNotAllowed(list(exc.allowed)) from None
+
+
+REQUEST_STAGES = (authenticate, authorize, route)

@@ -1,0 +1,178 @@
+"""Build the proxy's state from PostgreSQL, swap it whole, and keep it current.
+
+Changes arrive through LISTEN/NOTIFY (migration 20250101000800) and trigger a debounced
+reload; a periodic check of a cheap fingerprint is the safety net for missed notifications.
+While PostgreSQL is unreachable, the last state keeps serving and `age` grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from db import proxy_state
+from db.pool import CONNECTION_ERRORS, Database
+from routing.table import Route, RouteTable, TemplateError, join_target
+
+log = logging.getLogger("gateway.routing")
+
+CHANNEL = "gateway_changes"
+STATE_TABLES = frozenset({"service_registry", "service_installations", "service_api_routes"})
+DEBOUNCE_SECONDS = 0.05
+SAFETY_INTERVAL_SECONDS = 30.0
+FINGERPRINT = """
+SELECT (SELECT count(*) || ':' || COALESCE(max(updated_at)::text, '') FROM public.service_api_routes)
+    || '|' || (SELECT count(*) || ':' || COALESCE(max(updated_at)::text, '') FROM public.service_installations)
+    || '|' || (SELECT count(*) || ':' || COALESCE(max(updated_at)::text, '') FROM public.service_registry)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Installation:
+    """A live installation as the proxy needs it (credentials still sealed)."""
+
+    id: UUID
+    space_id: UUID
+    service_id: UUID
+    service_slug: str
+    status: str
+    min_role: str
+    credentials: Mapping[str, Any] = field(hash=False)
+    api_auth_type: str | None = None
+    api_auth_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyState:
+    table: RouteTable
+    installations: Mapping[tuple[UUID, str], Installation]
+    loaded_at: float  # wall clock, for /readyz and metrics
+
+    @classmethod
+    def empty(cls) -> ProxyState:
+        return cls(RouteTable.empty(), {}, 0.0)
+
+    def installation(self, space_id: UUID, slug: str) -> Installation | None:
+        return self.installations.get((space_id, slug))
+
+
+def _route(row: dict[str, Any]) -> Route | None:
+    try:
+        target = join_target(row["api_base_url"], row["target_url"])
+    except TemplateError as exc:
+        log.warning("route %s left out: %s", row["id"], exc)
+        return None
+    return Route(
+        id=row["id"], service_id=row["service_id"], service_slug=row["service_slug"],
+        installation_id=row["installation_id"], route_path=row["route_path"], method=row["method"],
+        target_url=target, auth_type=row["auth_type"], auth_config=row["auth_config"] or {},
+        rate_limit=row["rate_limit"], rate_limit_window=row["rate_limit_window"],
+        cache_enabled=row["cache_enabled"], cache_ttl=row["cache_ttl"], options=row["options"] or {},
+        version=row["updated_at"].isoformat() if row["updated_at"] else "",
+    )
+
+
+def _installation(row: dict[str, Any]) -> Installation:
+    return Installation(
+        id=row["id"], space_id=row["space_id"], service_id=row["service_id"],
+        service_slug=row["service_slug"], status=row["status"] or "active",
+        min_role=(row["permissions"] or {}).get("min_role", "viewer"),
+        credentials=row["credentials"] or {}, api_auth_type=row["api_auth_type"],
+        api_auth_config=row["api_auth_config"] or {},
+        version=row["updated_at"].isoformat() if row["updated_at"] else "",
+    )
+
+
+def build_state(routes: list[dict[str, Any]], installations: list[dict[str, Any]]) -> ProxyState:
+    table = RouteTable.build(r for r in map(_route, routes) if r is not None)
+    for rejected in table.rejected:
+        log.warning("route %s left out: %s", rejected.route.id, rejected.reason)
+    by_space = {(i.space_id, i.service_slug): i for i in map(_installation, installations)}
+    return ProxyState(table, by_space, time.time())
+
+
+class StateLoader:
+    """Owns the current ProxyState; `state` is swapped in one assignment, never mutated."""
+
+    def __init__(self, db: Database, *, on_change: Callable[[dict[str, Any]], None] | None = None,
+                 safety_interval: float = SAFETY_INTERVAL_SECONDS) -> None:
+        self.db = db
+        self.state = ProxyState.empty()
+        self.loaded = asyncio.Event()
+        self.on_change = on_change or (lambda payload: None)
+        self.safety_interval = safety_interval
+        self.listening = False
+        self._fingerprint: str | None = None
+        self._reload_pending: asyncio.Task[None] | None = None
+
+    @property
+    def age(self) -> float | None:
+        return time.time() - self.state.loaded_at if self.loaded.is_set() else None
+
+    async def reload(self) -> None:
+        pool = self.db.require()
+        async with pool.acquire() as conn:
+            fingerprint = await conn.fetchval(FINGERPRINT)
+            routes, installations = await proxy_state.load(conn)
+        # Building 10,000 routes takes a few hundred ms: off the event loop, so requests go on.
+        self.state = await asyncio.to_thread(build_state, routes, installations)
+        self._fingerprint = fingerprint
+        self.loaded.set()
+        log.info("route table loaded: %d routes, %d installations",
+                 self.state.table.size, len(self.state.installations))
+
+    def schedule_reload(self) -> None:
+        """Coalesce a burst of notifications into one reload shortly after the first."""
+        if self._reload_pending is None or self._reload_pending.done():
+            self._reload_pending = asyncio.create_task(self._debounced_reload())
+
+    async def _debounced_reload(self) -> None:
+        await asyncio.sleep(DEBOUNCE_SECONDS)
+        try:
+            await self.reload()
+        except CONNECTION_ERRORS as exc:
+            log.warning("route reload failed, serving the last table: %s", type(exc).__name__)
+
+    def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        try:
+            change = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if change.get("table") in STATE_TABLES:
+            self.schedule_reload()
+        self.on_change(change)
+
+    async def run(self) -> None:
+        """Listen for changes (reconnecting as needed) and check the fingerprint periodically."""
+        await self.db.ready.wait()
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.db.dsn, timeout=5)
+                await conn.add_listener(CHANNEL, self._notified)
+                self.listening = True
+                # Anything may have changed while we were not listening.
+                self.on_change({"table": "*", "op": "RESYNC"})
+                await self.reload()
+                while not conn.is_closed():
+                    await asyncio.sleep(self.safety_interval)
+                    if await conn.fetchval(FINGERPRINT) != self._fingerprint:
+                        await self.reload()
+            except CONNECTION_ERRORS as exc:
+                log.warning("change listener lost PostgreSQL (%s); serving the last state", type(exc).__name__)
+            finally:
+                self.listening = False
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(1.0)

@@ -1,0 +1,212 @@
+"""Routes of one installation: managed by the space's owners and admins, scoped to the space."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.api.test_service_routes import Headers, assert_problem, new_service, route_body
+from tests.factories import Factory
+
+
+@dataclass
+class Tenant:
+    space: UUID
+    installation: UUID
+    owner: Headers
+    admin: Headers
+    member: Headers
+    viewer: Headers
+
+    @property
+    def routes(self) -> str:
+        return f"/api/v1/spaces/{self.space}/installations/{self.installation}/routes"
+
+
+async def install(db: asyncpg.Pool, service_id: str, space: UUID, by: UUID) -> UUID:
+    # Straight into the table: the installations API is written elsewhere.
+    installation: UUID = await db.fetchval(
+        "INSERT INTO service_installations (service_id, space_id, installed_by) VALUES ($1, $2, $3) RETURNING id",
+        UUID(service_id), space, by)
+    return installation
+
+
+async def tenant(make: Factory, db: asyncpg.Pool, service: dict[str, Any]) -> Tenant:
+    space = await make.space()
+    owner = await make.member(space, "owner")
+    headers = {role: make.auth(await make.member(space, role)) for role in ("admin", "member", "viewer")}
+    return Tenant(space, await install(db, service["id"], space, owner), make.auth(owner), **headers)
+
+
+async def installation_rows(db: asyncpg.Pool, installation: UUID) -> list[dict[str, Any]]:
+    rows = await db.fetch("SELECT * FROM service_api_routes WHERE installation_id = $1 ORDER BY id", installation)
+    return [dict(r) for r in rows]
+
+
+@pytest.fixture
+async def world(client: TestClient, make: Factory, db: asyncpg.Pool) -> dict[str, Any]:
+    service, vendor = await new_service(client, make)
+    return {"service": service, "vendor": vendor, "a": await tenant(make, db, service),
+            "b": await tenant(make, db, service)}
+
+
+async def test_round_trip(client: TestClient, world: dict[str, Any], db: asyncpg.Pool) -> None:
+    a: Tenant = world["a"]
+    service = world["service"]
+    # A service-wide route on the same path and method: the installation's may override it.
+    assert (await client.post(f"/api/v1/services/{service['id']}/routes", json=route_body(),
+                              headers=world["vendor"])).status == 201
+
+    created = await client.post(a.routes, headers=a.admin, json=route_body(
+        auth_type="bearer", rate_limit=5, rate_limit_window=1, target_url="/reports/{id}"))
+    assert created.status == 201, await created.text()
+    route = await created.json()
+    assert created.headers["Location"] == f"{a.routes}/{route['id']}"
+    assert route["service_id"] == service["id"] and route["installation_id"] == str(a.installation)
+    assert route["auth_config"] == {}
+
+    read = await client.get(f"{a.routes}/{route['id']}", headers=a.owner)
+    assert read.status == 200 and await read.json() == route
+    listed = await client.get(a.routes, headers=a.admin)
+    assert await listed.json() == {"items": [route], "next_cursor": None}  # not the service-wide one
+
+    patched = await client.patch(f"{a.routes}/{route['id']}", json={"cache_enabled": True, "cache_ttl": 9},
+                                 headers=a.owner)
+    assert patched.status == 200, await patched.text()
+    assert (await patched.json())["cache_ttl"] == 9
+    [stored] = await installation_rows(db, a.installation)
+    assert stored["cache_enabled"] is True and stored["rate_limit"] == 5
+
+    assert (await client.delete(f"{a.routes}/{route['id']}", headers=a.admin)).status == 204
+    assert await installation_rows(db, a.installation) == []
+    await assert_problem(await client.get(f"{a.routes}/{route['id']}", headers=a.admin), 404)
+
+
+async def test_platform_admins_manage_any_space(client: TestClient, make: Factory, world: dict[str, Any]) -> None:
+    a: Tenant = world["a"]
+    admin = await make.admin()
+    created = await client.post(a.routes, json=route_body(), headers=admin)
+    assert created.status == 201, await created.text()
+    assert (await client.get(a.routes, headers=admin)).status == 200
+    assert (await client.delete(f"{a.routes}/{(await created.json())['id']}", headers=admin)).status == 204
+
+
+async def test_members_viewers_and_strangers_are_refused(client: TestClient, world: dict[str, Any],
+                                                         db: asyncpg.Pool) -> None:
+    a: Tenant = world["a"]
+    b: Tenant = world["b"]
+    route = await (await client.post(a.routes, json=route_body(), headers=a.admin)).json()
+    item = f"{a.routes}/{route['id']}"
+    before = await installation_rows(db, a.installation)
+
+    # Members and viewers of the space, its service's maintainer, and another space's admin.
+    for headers in (a.member, a.viewer, world["vendor"], b.admin, b.member):
+        await assert_problem(await client.get(a.routes, headers=headers), 403)
+        await assert_problem(await client.get(item, headers=headers), 403)
+        await assert_problem(await client.post(a.routes, json=route_body(method="PUT"), headers=headers), 403)
+        await assert_problem(await client.patch(item, json={"method": "PUT"}, headers=headers), 403)
+        await assert_problem(await client.delete(item, headers=headers), 403)
+    assert await installation_rows(db, a.installation) == before
+    await assert_problem(await client.get(a.routes), 401)
+
+
+async def test_ids_from_another_space_are_not_found(client: TestClient, world: dict[str, Any],
+                                                    db: asyncpg.Pool) -> None:
+    a: Tenant = world["a"]
+    b: Tenant = world["b"]
+    b_route = await (await client.post(b.routes, json=route_body(), headers=b.admin)).json()
+
+    # B's installation under A's space path.
+    crossed = f"/api/v1/spaces/{a.space}/installations/{b.installation}/routes"
+    await assert_problem(await client.get(crossed, headers=a.admin), 404)
+    await assert_problem(await client.post(crossed, json=route_body(method="PUT"), headers=a.admin), 404)
+    # B's route under A's installation.
+    await assert_problem(await client.get(f"{a.routes}/{b_route['id']}", headers=a.admin), 404)
+    await assert_problem(await client.patch(f"{a.routes}/{b_route['id']}", json={"method": "PUT"},
+                                            headers=a.admin), 404)
+    await assert_problem(await client.delete(f"{a.routes}/{b_route['id']}", headers=a.admin), 404)
+    assert [r["method"] for r in await installation_rows(db, b.installation)] == ["GET"]
+
+    for url in (f"/api/v1/spaces/{a.space}/installations/{uuid.uuid4()}/routes",
+                f"/api/v1/spaces/{a.space}/installations/nope/routes", f"{a.routes}/{uuid.uuid4()}"):
+        await assert_problem(await client.get(url, headers=a.admin), 404)
+
+
+async def test_uninstalled_or_deleted_service_is_not_found(client: TestClient, make: Factory,
+                                                          db: asyncpg.Pool) -> None:
+    service, vendor = await new_service(client, make)
+    a = await tenant(make, db, service)
+    await db.execute("UPDATE service_installations SET deleted_at = NOW() WHERE id = $1", a.installation)
+    await assert_problem(await client.get(a.routes, headers=a.admin), 404)
+    await assert_problem(await client.post(a.routes, json=route_body(), headers=a.admin), 404)
+
+    other, other_vendor = await new_service(client, make)
+    b = await tenant(make, db, other)
+    assert (await client.delete(f"/api/v1/services/{other['id']}", headers=other_vendor)).status == 204
+    await assert_problem(await client.get(b.routes, headers=b.admin), 404)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"target_url": "https://plugins.example.com/{nope}"}, "target_url"),
+    ({"target_url": "https://{id}.example.com/"}, "target_url"),
+    ({"route_path": "/a/{rest:path}/b"}, "route_path"),
+    ({"method": "BREW"}, "method"),
+    ({"rate_limit": 10}, "rate_limit_window"),
+    ({"rate_limit": 0, "rate_limit_window": 1}, "rate_limit"),
+    ({"cache_enabled": True}, "cache_ttl"),
+    ({"options": {"timeout": "5"}}, "options.timeout"),
+    ({"installation_id": str(uuid.uuid4())}, "installation_id"),
+])
+async def test_bad_input_is_refused(client: TestClient, world: dict[str, Any], db: asyncpg.Pool,
+                                    change: dict[str, Any], field: str) -> None:
+    a: Tenant = world["a"]
+    await assert_problem(await client.post(a.routes, json=route_body(**change), headers=a.admin), 422, field)
+    assert await installation_rows(db, a.installation) == []
+
+
+async def test_relative_target_needs_an_api_base_url(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
+    service, _ = await new_service(client, make, api_base_url=None)
+    a = await tenant(make, db, service)
+    await assert_problem(await client.post(a.routes, json=route_body(target_url="/r/{id}"), headers=a.admin),
+                         422, "target_url")
+    assert await installation_rows(db, a.installation) == []
+
+
+async def test_duplicates_and_patch_rules(client: TestClient, world: dict[str, Any], db: asyncpg.Pool) -> None:
+    a: Tenant = world["a"]
+    b: Tenant = world["b"]
+    route = await (await client.post(a.routes, json=route_body(), headers=a.admin)).json()
+    await assert_problem(await client.post(a.routes, json=route_body(), headers=a.admin), 409)
+    # The same route in another installation is a different route.
+    assert (await client.post(b.routes, json=route_body(), headers=b.admin)).status == 201
+
+    before = await installation_rows(db, a.installation)
+    item = f"{a.routes}/{route['id']}"
+    await assert_problem(await client.patch(item, json={"route_path": "/reports"}, headers=a.admin),
+                         422, "target_url")
+    await assert_problem(await client.patch(item, json={"rate_limit": 3}, headers=a.admin),
+                         422, "rate_limit_window")
+    assert await installation_rows(db, a.installation) == before
+
+
+async def test_pagination_is_stable_while_rows_are_added(client: TestClient, world: dict[str, Any]) -> None:
+    a: Tenant = world["a"]
+
+    async def add(n: int) -> str:
+        created = await client.post(a.routes, json=route_body(route_path=f"/p{n}/{{id}}"), headers=a.admin)
+        assert created.status == 201
+        return str((await created.json())["id"])
+
+    expected = [await add(n) for n in range(3)]
+    first = await (await client.get(a.routes, params={"limit": "2"}, headers=a.admin)).json()
+    expected.append(await add(3))
+    second = await (await client.get(a.routes, params={"limit": "2", "cursor": first["next_cursor"]},
+                                     headers=a.admin)).json()
+    assert second["next_cursor"] is None
+    assert [item["id"] for item in first["items"] + second["items"]] == expected
