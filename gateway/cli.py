@@ -21,15 +21,32 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
-
     from gateway.app import create_app
 
     settings.require("database_url", "encryption_keys", "assertion_key", "jwt")
+    require_c_parser()
     host, port = args.host or settings.host, args.port or settings.port
-    web.run_app(create_app(settings), host=host, port=port, access_log=None,
-                print=lambda _: print(f"gateway listening on http://{host}:{port}", flush=True))
+    run_server(create_app(settings), host, port)
     return 0
+
+
+def require_c_parser() -> None:
+    """aiohttp's pure-Python HTTP parser is slower and has had request-smuggling bugs the C one
+    did not: refuse to serve on it (it is used when AIOHTTP_NO_EXTENSIONS is set or the wheel
+    has no compiled extension)."""
+    from aiohttp import http_parser
+
+    if http_parser.HttpRequestParser is not getattr(http_parser, "HttpRequestParserC", None):
+        raise ConfigError("aiohttp's C HTTP parser is not available (AIOHTTP_NO_EXTENSIONS set, or no "
+                          "compiled wheel for this platform); refusing to serve on the pure-Python fallback")
+
+
+def run_server(app: object, host: str, port: int) -> None:
+    from aiohttp import web
+
+    # handler_cancellation: a caller who disconnects cancels its handler, and so the upstream call.
+    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True,  # type: ignore[arg-type]
+                print=lambda _: print(f"gateway listening on http://{host}:{port}", flush=True))
 
 
 def _create_token(args: argparse.Namespace, settings: Settings) -> int:

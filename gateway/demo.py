@@ -79,9 +79,8 @@ async def _demo_rows(dsn: str) -> tuple[str, str]:
 
 
 def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
-    from aiohttp import web
-
     from gateway.app import create_app
+    from gateway.cli import require_c_parser, run_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o755)  # a PostgreSQL running as another user must reach its data dir
@@ -103,8 +102,8 @@ def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
               f"  curl -s {base}/readyz\n"
               f"  curl -s -H 'Authorization: Bearer {token}' {base}/api/v1/services\n"
               f"  curl -s -H 'Authorization: Bearer {token}' {base}/api/v1/spaces/{space_id}/installations\n")
-        web.run_app(create_app(settings), host=host or settings.host, port=port or settings.port,
-                    access_log=None, print=lambda _: print(f"gateway listening on {base}", flush=True))
+        require_c_parser()
+        run_server(create_app(settings), host or settings.host, port or settings.port)
     finally:
         if local_pg is not None:
             local_pg.stop()

@@ -159,14 +159,17 @@ class StateLoader:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self.db.dsn, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _: lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
                 self.listening = True
                 # Anything may have changed while we were not listening.
                 self.on_change({"table": "*", "op": "RESYNC"})
                 await self.reload()
-                while not conn.is_closed():
-                    await asyncio.sleep(self.safety_interval)
-                    if await conn.fetchval(FINGERPRINT) != self._fingerprint:
+                while not lost.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=self.safety_interval)
+                    if not lost.is_set() and await conn.fetchval(FINGERPRINT) != self._fingerprint:
                         await self.reload()
             except CONNECTION_ERRORS as exc:
                 log.warning("change listener lost PostgreSQL (%s); serving the last state", type(exc).__name__)
