@@ -44,8 +44,9 @@ def require_c_parser() -> None:
 def run_server(app: object, host: str, port: int) -> None:
     from aiohttp import web
 
-    # handler_cancellation: a caller who disconnects cancels its handler, and so the upstream call.
-    web.run_app(app, host=host, port=port, access_log=None, handler_cancellation=True,  # type: ignore[arg-type]
+    from gateway.app import SERVER_OPTIONS
+
+    web.run_app(app, host=host, port=port, access_log=None, **SERVER_OPTIONS,  # type: ignore[arg-type]
                 print=lambda _: print(f"gateway listening on http://{host}:{port}", flush=True))
 
 

@@ -18,13 +18,13 @@ import asyncpg
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from db.encryption import generate_key_ring_entry
 from db.migrate import migrate
 from gateway import devservices
-from gateway.app import create_app
+from gateway.app import SERVER_OPTIONS, create_app
 from gateway.settings import Settings
 from tests.factories import Factory
 
@@ -124,6 +124,11 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def gateway_client(settings: Settings) -> TestClient:
+    """A client of a real gateway app with the production server options (`async with` it)."""
+    return TestClient(TestServer(create_app(settings), **SERVER_OPTIONS))
+
+
 @pytest.fixture(scope="module")
 def settings(database_url: str) -> Settings:
     return make_settings(database_url)
@@ -131,7 +136,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(create_app(settings), server_kwargs=SERVER_OPTIONS)
 
 
 @pytest.fixture(scope="module")

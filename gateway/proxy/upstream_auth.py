@@ -161,7 +161,9 @@ class UpstreamAuth:
             form["scope"] = key[3]
         # RFC 6749 §2.3.1: client id and secret are form-encoded before the Basic encoding.
         client = _basic(quote_plus(creds["client_id"]), quote_plus(creds["client_secret"]))
-        headers = {"Authorization": "Basic " + client, "Accept": "application/json"}
+        # Content-Type explicitly: the proxy's session adds no headers of its own.
+        headers = {"Authorization": "Basic " + client, "Accept": "application/json",
+                   "Content-Type": "application/x-www-form-urlencoded"}
         started = self._clock()
         try:
             async with self._session.post(url, data=form, headers=headers, timeout=self._timeout,

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 
+from tests.conftest import gateway_client
 from tests.factories import Factory
 
 FINGERPRINT_TABLES = ["service_registry", "service_installations", "service_api_routes", "service_ui_components",
@@ -39,7 +40,7 @@ class World:
 
 @pytest.fixture(scope="module")
 async def world(make: Factory, settings: Any) -> World:
-    client = TestClient(TestServer(create_app(settings)))
+    client = gateway_client(settings)
     await client.start_server()
     vendor = make.auth(await make.user())
     service = await (await client.post("/api/v1/services", headers=vendor, json={

@@ -19,7 +19,7 @@ from db.migrate import migrate
 from db.pool import create_pool
 from gateway import devservices
 from gateway.app import create_app
-from tests.conftest import JWT_SECRET, make_settings
+from tests.conftest import gateway_client, JWT_SECRET, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, until_status
 
@@ -47,7 +47,7 @@ async def test_proxy_serves_through_a_database_outage(own_postgres: devservices.
 
     pool: asyncpg.Pool = await create_pool(own_postgres.dsn, min_size=1, max_size=2)
     make = Factory(pool, JWT_SECRET)
-    async with TestClient(TestServer(create_app(make_settings(own_postgres.dsn)))) as client:
+    async with gateway_client(make_settings(own_postgres.dsn)) as client:
         plugin = await make_plugin(pool, make, str(upstream.make_url("")).rstrip("/"))
         await until_status(client, plugin.path("/hello"), plugin.member, 200)
         await pool.close()

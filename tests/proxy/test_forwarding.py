@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import devservices
 from gateway.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, problem, raw_request, until_status
 
@@ -76,7 +76,7 @@ class Upstream:
 @pytest.fixture
 async def upstream(aiohttp_server: Any) -> tuple[Upstream, str]:
     up = Upstream()
-    server: TestServer = await aiohttp_server(up.app)
+    server: TestServer = await aiohttp_server(up.app, auto_decompress=False)
     return up, str(server.make_url("")).rstrip("/")
 
 
@@ -119,7 +119,7 @@ async def test_server_sent_events_arrive_as_produced(client: TestClient, make: F
 async def test_upload_is_streamed_and_limited(database_url: str, make: Factory, db: asyncpg.Pool,
                                               upstream: tuple[Upstream, str]) -> None:
     up, url = upstream
-    async with TestClient(TestServer(create_app(make_settings(database_url, proxy_max_body_bytes=1_000_000)))) as client:
+    async with gateway_client(make_settings(database_url, proxy_max_body_bytes=1_000_000)) as client:
         plugin = await make_plugin(db, make, url)
         await until_status(client, plugin.path("/echo"), plugin.member, 200)
         ok = await client.post(plugin.path("/echo"), headers=plugin.member, data=b"a" * 999_999)
@@ -235,7 +235,7 @@ async def test_one_hanging_plugin_does_not_starve_another(database_url: str, mak
     hanging = str((await aiohttp_server(hanging_up.app)).make_url("")).rstrip("/")
     healthy = str((await aiohttp_server(healthy_up.app)).make_url("")).rstrip("/")
     settings = make_settings(database_url, upstream_pool_per_host=4)
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with gateway_client(settings) as client:
         stuck = await make_plugin(db, make, hanging)
         fine = await make_plugin(db, make, healthy)
         await until_status(client, fine.path("/echo"), fine.member, 200)
@@ -249,3 +249,32 @@ async def test_one_hanging_plugin_does_not_starve_another(database_url: str, mak
         for task in hung:
             task.cancel()
         await asyncio.gather(*hung, return_exceptions=True)
+
+
+async def test_too_many_headers_is_refused(client: TestClient, make: Factory, db: asyncpg.Pool,
+                                           upstream: tuple[Upstream, str]) -> None:
+    _, url = upstream
+    plugin = await make_plugin(db, make, url)
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    many = {f"X-Filler-{n}": "x" for n in range(150)}
+    status_line = await raw_request(client.port, f"GET {plugin.path('/echo')} HTTP/1.1",  # type: ignore[arg-type]
+                                    {**plugin.member, **many})
+    assert status_line.split()[1] in (b"400", b"431")
+    huge = {"X-Huge": "x" * 10_000}
+    status_line = await raw_request(client.port, f"GET {plugin.path('/echo')} HTTP/1.1",  # type: ignore[arg-type]
+                                    {**plugin.member, **huge})
+    assert status_line.split()[1] in (b"400", b"431")
+
+
+async def test_compressed_bodies_pass_untouched(client: TestClient, make: Factory, db: asyncpg.Pool,
+                                                upstream: tuple[Upstream, str]) -> None:
+    import gzip
+
+    up, url = upstream
+    plugin = await make_plugin(db, make, url)
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    packed = gzip.compress(b"{}" * 1000)
+    response = await client.post(plugin.path("/echo"), data=packed,
+                                 headers={**plugin.member, "Content-Encoding": "gzip"})
+    assert response.status == 200
+    assert up.seen[-1]["size"] == len(packed) and up.seen[-1]["headers"]["Content-Encoding"] == "gzip"

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app
-from tests.conftest import JWT_SECRET, make_settings
+from tests.conftest import gateway_client, JWT_SECRET, make_settings
 from tests.factories import Factory
 from tests.plugins import Plugin, make_plugin, until_status
 
@@ -107,7 +107,7 @@ async def test_hs256_signed_with_the_rsa_public_key(database_url: str, make: Fac
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     settings = make_settings(database_url, jwt_secret="", jwt_public_key=public_pem.decode())
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with gateway_client(settings) as client:
         plugin = await make_plugin(db, make, upstream)
         sub = json.loads(base64.urlsafe_b64decode(plugin.member["Authorization"].split()[1].split(".")[1] + "=="))["sub"]
         claims = {"sub": sub, "exp": int(time.time()) + 600}
@@ -153,3 +153,26 @@ async def test_method_not_allowed_lists_allow(client: TestClient, make: Factory,
     response = await client.delete(plugin.path("/items"), headers=plugin.member)
     assert response.status == 405
     assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
+
+
+async def test_removed_member_is_refused_within_a_second(client: TestClient, plugin: Plugin, db: asyncpg.Pool) -> None:
+    from uuid import UUID
+
+    sub = json.loads(base64.urlsafe_b64decode(plugin.member["Authorization"].split()[1].split(".")[1] + "=="))["sub"]
+    await db.execute("DELETE FROM space_members WHERE space_id = $1 AND user_id = $2", plugin.space_id, UUID(sub))
+    await until_status(client, plugin.path("/reports/1"), plugin.member, 403, within=1.0)
+
+
+async def test_api_key_use_is_recorded_without_a_write_per_request(client: TestClient, plugin: Plugin,
+                                                                   db: asyncpg.Pool) -> None:
+    from gateway.proxy.runtime import PROXY
+
+    key = await (await client.post(f"/api/v1/spaces/{plugin.space_id}/api-keys", headers=plugin.owner,
+                                   json={"name": "k", "role": "member"})).json()
+    await until_status(client, plugin.path("/reports/1"), {"X-API-Key": key["key"]}, 200)
+    for _ in range(10):
+        assert (await client.get(plugin.path("/reports/1"), headers={"X-API-Key": key["key"]})).status == 200
+    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1", __import__("uuid").UUID(key["id"])) is None
+    await client.app[PROXY].callers.flush_last_used()  # what the periodic flusher does
+    assert await db.fetchval("SELECT last_used_at FROM api_keys WHERE id = $1",
+                             __import__("uuid").UUID(key["id"])) is not None

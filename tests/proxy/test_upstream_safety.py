@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, until_status
 
@@ -28,7 +28,7 @@ async def test_private_targets_refused_at_request_time(database_url: str, make: 
     server: TestServer = await aiohttp_server(app)
     port = server.port
     settings = make_settings(database_url, allow_private_upstreams=False)
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with gateway_client(settings) as client:
         # Rows written straight into the table skip the API's registration check: the proxy
         # must still refuse them.
         literal = await make_plugin(db, make, f"http://127.0.0.1:{port}")
