@@ -14,6 +14,7 @@ from db.pool import Database
 from gateway import api, health
 from gateway.api.registry import add_routes
 from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
+from gateway.metrics_listener import metrics_listener_ctx
 from gateway.middleware import problem_middleware
 from gateway.proxy.assertion import AssertionSigner
 from gateway.proxy.pipeline import PROXY_PATH, handle_proxy, jwks
@@ -69,5 +70,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/.well-known/jwks.json", jwks)
     add_routes(app)
     app.router.add_route("*", PROXY_PATH, handle_proxy)
-    app.cleanup_ctx.extend([database_ctx, proxy_ctx, readiness_ctx])
+    app.cleanup_ctx.extend([database_ctx, proxy_ctx, readiness_ctx, metrics_listener_ctx])
     return app

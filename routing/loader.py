@@ -105,15 +105,18 @@ class StateLoader:
     """Owns the current ProxyState; `state` is swapped in one assignment, never mutated."""
 
     def __init__(self, db: Database, *, on_change: Callable[[dict[str, Any]], None] | None = None,
+                 on_reload: Callable[[ProxyState], None] | None = None,
                  safety_interval: float = SAFETY_INTERVAL_SECONDS) -> None:
         self.db = db
         self.state = ProxyState.empty()
         self.loaded = asyncio.Event()
         self.on_change = on_change or (lambda payload: None)
+        self.on_reload = on_reload or (lambda state: None)
         self.safety_interval = safety_interval
         self.listening = False
         self._fingerprint: str | None = None
         self._reload_pending: asyncio.Task[None] | None = None
+        self._dirty = False
 
     @property
     def age(self) -> float | None:
@@ -128,20 +131,29 @@ class StateLoader:
         self.state = await asyncio.to_thread(build_state, routes, installations)
         self._fingerprint = fingerprint
         self.loaded.set()
+        self.on_reload(self.state)
         log.info("route table loaded: %d routes, %d installations",
                  self.state.table.size, len(self.state.installations))
 
     def schedule_reload(self) -> None:
-        """Coalesce a burst of notifications into one reload shortly after the first."""
-        if self._reload_pending is None or self._reload_pending.done():
-            self._reload_pending = asyncio.create_task(self._debounced_reload())
+        """Coalesce a burst of notifications into one reload shortly after the first.
 
-    async def _debounced_reload(self) -> None:
-        await asyncio.sleep(DEBOUNCE_SECONDS)
-        try:
-            await self.reload()
-        except CONNECTION_ERRORS as exc:
-            log.warning("route reload failed, serving the last table: %s", type(exc).__name__)
+        A notification that arrives while a reload is running marks the state dirty again, so
+        the running task makes one more pass: no change is left waiting for the safety net.
+        """
+        self._dirty = True
+        if self._reload_pending is None or self._reload_pending.done():
+            self._reload_pending = asyncio.create_task(self._reload_while_dirty())
+
+    async def _reload_while_dirty(self) -> None:
+        while self._dirty:
+            await asyncio.sleep(DEBOUNCE_SECONDS)
+            self._dirty = False
+            try:
+                await self.reload()
+            except CONNECTION_ERRORS as exc:
+                log.warning("route reload failed, serving the last table: %s", type(exc).__name__)
+                return
 
     def _notified(self, conn: object, pid: int, channel: str, payload: str) -> None:
         try:

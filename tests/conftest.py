@@ -117,7 +117,7 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = dict(
         database_url=database_url, jwt_secret=JWT_SECRET, encryption_keys=ENCRYPTION_KEYS,
-        assertion_key=ASSERTION_KEY,
+        assertion_key=ASSERTION_KEY, metrics_port=0,
         allow_private_upstreams=True,
     )
     values.update(overrides)

@@ -16,7 +16,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge
+from gateway import metrics
+from gateway.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
 from gateway.middleware import REQUEST_ID_HEADER, request_id_of
 from gateway.proxy.context import ProxyContext
 from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
@@ -30,8 +31,21 @@ BODILESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 CHUNK = 64 * 1024
 
 
+UNREACHABLE_ADDRESS = "The plugin's address is not reachable from the gateway"
+
+
 class _BodyTooLarge(Exception):
     pass
+
+
+def _count(ctx: ProxyContext, kind: str) -> None:
+    """Count an upstream failure by kind (a fixed set of names)."""
+    metrics.UPSTREAM_ERRORS.labels(ctx.installation.service_slug if ctx.installation else "-", kind).inc()
+
+
+def _failed(ctx: ProxyContext, kind: str, error: GatewayError) -> GatewayError:
+    _count(ctx, kind)
+    return error
 
 
 async def _counted(request: web.Request, limit: int) -> AsyncIterator[bytes]:
@@ -88,7 +102,7 @@ async def _open_upstream(ctx: ProxyContext, rt: ProxyRuntime, target: URL,
             headers.update(await rt.upstream_auth.headers(route, ctx.installation))
         except UpstreamAuthError as exc:
             log.warning("upstream auth failed for installation %s: %s", ctx.installation.id, exc)
-            raise BadGateway("The plugin's credentials could not be used") from None
+            raise _failed(ctx, "upstream_auth", BadGateway("The plugin's credentials could not be used")) from None
         try:
             upstream = await rt.session.request(
                 request.method, target, headers=headers, allow_redirects=False, timeout=timeout,
@@ -96,15 +110,15 @@ async def _open_upstream(ctx: ProxyContext, rt: ProxyRuntime, target: URL,
         except _BodyTooLarge:
             raise PayloadTooLarge("The request body is larger than this route accepts") from None
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-            raise GatewayTimeout("The plugin did not answer in time") from None
+            raise _failed(ctx, "timeout", GatewayTimeout("The plugin did not answer in time")) from None
         except aiohttp.ClientConnectionError as exc:
             if isinstance(exc.__cause__, _BodyTooLarge) or isinstance(exc.__context__, _BodyTooLarge):
                 raise PayloadTooLarge("The request body is larger than this route accepts") from None
             if isinstance(exc.__cause__, UpstreamRefused) or isinstance(exc, aiohttp.ClientConnectorDNSError):
-                raise BadGateway("The plugin's address is not reachable from the gateway") from None
-            raise BadGateway("The plugin could not be reached") from None
+                raise _failed(ctx, "address_refused", BadGateway(UNREACHABLE_ADDRESS)) from None
+            raise _failed(ctx, "connect", BadGateway("The plugin could not be reached")) from None
         except (aiohttp.ClientError, UpstreamRefused):
-            raise BadGateway("The plugin could not be reached") from None
+            raise _failed(ctx, "bad_response", BadGateway("The plugin could not be reached")) from None
         # An OAuth2 token may be revoked before it expires: drop it, and retry what can be retried.
         if upstream.status == 401 and rt.upstream_auth.is_oauth2(route, ctx.installation):
             rt.upstream_auth.drop_token(route, ctx.installation)
@@ -122,7 +136,7 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
     raw_query = request.raw_path.partition("?")[2]
     target = URL(ctx.match.upstream_url(raw_query), encoded=True)
     if not rt.settings.allow_private_upstreams and literal_address_refused(target.raw_host or ""):
-        raise BadGateway("The plugin's address is not reachable from the gateway")
+        raise _failed(ctx, "address_refused", BadGateway(UNREACHABLE_ADDRESS))
     headers = upstream_request_headers(request.headers)
     headers.update(_forwarded_headers(request))
     headers.update(_identity_headers(ctx, rt))
@@ -145,6 +159,7 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
             # Headers are gone already: the only honest signal left is to cut the connection,
             # so the caller cannot take a truncated body for a complete one.
             log.warning("upstream broke mid-response: %s", type(exc).__name__)
+            _count(ctx, "broken_stream")
             response.force_close()
             if request.transport is not None:
                 request.transport.close()

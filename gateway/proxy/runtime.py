@@ -12,13 +12,14 @@ import aiohttp
 from aiohttp import web
 
 from auth.jwt import JwtVerifier
+from gateway import metrics
 from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
 from gateway.proxy.assertion import AssertionSigner
 from gateway.proxy.callers import CallerCache
 from gateway.proxy.resolver import PublicOnlyResolver
 from gateway.proxy.upstream_auth import UpstreamAuth
 from gateway.settings import Settings
-from routing.loader import StateLoader
+from routing.loader import ProxyState, StateLoader
 
 
 @dataclass(slots=True)
@@ -71,7 +72,11 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         if change.get("table") in ("service_installations", "*"):
             upstream_auth.invalidate()
 
-    loader = StateLoader(app[DB], on_change=on_change)
+    def on_reload(state: ProxyState) -> None:
+        metrics.ROUTES.set(state.table.size)
+        metrics.ROUTES_LOADED.set(state.loaded_at)
+
+    loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload)
     app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth)
     tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run_flusher())]
     yield

@@ -1,0 +1,42 @@
+"""Every metric of the gateway, defined in one place. Labels come from bounded sets only:
+service slug, route id, method, status class, cache status, error kind, never paths or callers."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+# From 100 µs (a cache hit) to 30 s (the default upstream timeout).
+LATENCY_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                          0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS: Final = Counter(
+    "gateway_requests", "Proxied requests answered", ["service", "route", "method", "status_class"],
+    registry=REGISTRY)
+REQUEST_DURATION: Final = Histogram(
+    "gateway_request_duration_seconds", "Time from request to the end of the answer, upstream included",
+    ["service"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+GATEWAY_DURATION: Final = Histogram(
+    "gateway_overhead_duration_seconds", "Time spent in the gateway itself (total minus upstream)",
+    ["service"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+UPSTREAM_DURATION: Final = Histogram(
+    "gateway_upstream_duration_seconds", "Time from sending to the upstream to the end of its answer",
+    ["service"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+UPSTREAM_ERRORS: Final = Counter(
+    "gateway_upstream_errors", "Upstream calls that failed, by kind", ["service", "kind"], registry=REGISTRY)
+RATE_LIMITED: Final = Counter(
+    "gateway_rate_limited", "Requests refused by a rate limit", ["service", "route"], registry=REGISTRY)
+RATE_LIMIT_FALLBACK: Final = Counter(
+    "gateway_rate_limit_fallback", "Rate-limit decisions taken without Redis, by failure mode",
+    ["mode"], registry=REGISTRY)
+CACHE: Final = Counter(
+    "gateway_cache", "Response cache lookups by outcome", ["service", "status"], registry=REGISTRY)
+DEPENDENCY_ERRORS: Final = Counter(
+    "gateway_dependency_errors", "Failed calls to PostgreSQL or Redis", ["dependency"], registry=REGISTRY)
+ROUTES: Final = Gauge("gateway_route_table_routes", "Routes in the table in force", registry=REGISTRY)
+ROUTES_LOADED: Final = Gauge(
+    "gateway_route_table_loaded_timestamp_seconds", "When the table in force was loaded (Unix time)",
+    registry=REGISTRY)
