@@ -120,3 +120,13 @@ async def add_maintainer(conn: asyncpg.Connection, service_id: UUID, user_id: UU
 
 async def remove_maintainer(conn: asyncpg.Connection, service_id: UUID, user_id: UUID) -> bool:
     return bool(await conn.execute(REMOVE_MAINTAINER, service_id, user_id) != "DELETE 0")
+
+
+# Other gateways drop their in-process copies when they hear this (delivered at commit).
+NOTIFY_CACHE_PURGE = """
+SELECT pg_notify('gateway_changes', json_build_object('table', 'cache_purge', 'op', 'PURGE', 'id', $1::text)::text)
+"""
+
+
+async def notify_cache_purge(conn: asyncpg.Connection, service_id: UUID) -> None:
+    await conn.execute(NOTIFY_CACHE_PURGE, service_id)

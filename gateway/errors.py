@@ -80,6 +80,10 @@ class Conflict(GatewayError):
     status, type, title = 409, PROBLEM_BASE + "conflict", "Conflict"
 
 
+class RateLimited(GatewayError):
+    status, type, title = 429, PROBLEM_BASE + "rate-limited", "Too Many Requests"
+
+
 class PayloadTooLarge(GatewayError):
     status, type, title = 413, PROBLEM_BASE + "payload-too-large", "Content Too Large"
 
@@ -91,9 +95,9 @@ class UnsupportedMediaType(GatewayError):
 class ServiceUnavailable(GatewayError):
     status, type, title = 503, PROBLEM_BASE + "unavailable", "Service Unavailable"
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, retry_after: int = 5) -> None:
         super().__init__(detail or "A backing service is unavailable; try again shortly",
-                         headers={"Retry-After": "5"})
+                         headers={"Retry-After": str(retry_after)})
 
 
 class BadGateway(GatewayError):

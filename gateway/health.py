@@ -51,7 +51,8 @@ async def readyz(request: web.Request) -> web.Response:
     age = loader.age
     body: dict[str, object] = {
         "database": "up" if database else "down",
-        "redis": "not configured",
+        "redis": ("up" if await app[PROXY].redis.ping() else "down") if app[PROXY].redis.configured
+                 else "not configured",
         "route_table": {"loaded": age is not None, "age_seconds": None if age is None else round(age, 3),
                         "routes": loader.state.table.size, "listening_for_changes": loader.listening,
                         # Not listening means changes may be missed: the table may be stale.

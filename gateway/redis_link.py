@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
 
@@ -19,6 +20,7 @@ log = logging.getLogger("gateway.redis")
 
 T = TypeVar("T")
 PAUSE_AFTER_FAILURE = 1.0
+TIMEOUTS_BEFORE_PAUSE = 3
 MAX_CONNECTIONS = 64
 
 
@@ -38,6 +40,7 @@ class RedisLink:
                 socket_connect_timeout=timeout, health_check_interval=0)
             self.client = redis.Redis(connection_pool=pool, retry=None)
         self._paused_until = 0.0
+        self._failures = 0  # in a row
         self.healthy = self.client is not None
 
     @property
@@ -55,12 +58,17 @@ class RedisLink:
             async with asyncio.timeout(self.timeout):
                 result = await operation(self.client)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
+            self._failures += 1
+            # A refused or broken connection means Redis is gone: pause at once. A single slow
+            # answer may be our own busy loop: pause only when timeouts keep coming.
+            if not isinstance(exc, (asyncio.TimeoutError, RedisTimeoutError)) or self._failures >= TIMEOUTS_BEFORE_PAUSE:
+                self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
             metrics.DEPENDENCY_ERRORS.labels("redis").inc()
             if self.healthy:
                 log.warning("redis call failed (%s); falling back for %.0f s", type(exc).__name__, PAUSE_AFTER_FAILURE)
             self.healthy = False
             raise RedisUnavailable(type(exc).__name__) from exc
+        self._failures = 0
         if not self.healthy:
             log.info("redis answers again")
             self.healthy = True
@@ -75,4 +83,4 @@ class RedisLink:
 
     async def close(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)

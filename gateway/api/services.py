@@ -15,7 +15,9 @@ from gateway.api.models.common import page_of
 from gateway.api.models.services import Service, ServiceCreate, ServiceListQuery, ServicePatch, StatusChange
 from gateway.api.registry import Call, endpoint
 from gateway.appkeys import SETTINGS
-from gateway.errors import Forbidden, NotFound, ValidationFailed
+from gateway.errors import Forbidden, NotFound, ServiceUnavailable, ValidationFailed
+from gateway.proxy.runtime import PROXY
+from gateway.redis_link import RedisUnavailable
 from gateway.upstream_safety import UnsafeUpstream, check_registration_url
 
 TAG = "services"
@@ -128,3 +130,16 @@ async def remove_maintainer(call: Call[None, None]) -> None:
         await repo.lock_for_write(conn, call["service_id"], principal.user_id)
         if not await repo.remove_maintainer(conn, call["service_id"], call["user_id"]):
             raise NotFound("This user is not a maintainer of the service")
+
+
+@endpoint("DELETE", "/services/{service_id}/cache", summary="Drop every cached answer of the service",
+          tag=TAG, status=204, errors=(403, 503))
+async def purge_cache(call: Call[None, None]) -> None:
+    principal = await authenticate(call.request)
+    async with transaction(call.request, principal) as conn:
+        can_maintain(principal, await repo.lock_for_write(conn, call["service_id"], principal.user_id))
+        await repo.notify_cache_purge(conn, call["service_id"])
+    try:
+        await call.request.app[PROXY].cache.purge_service(call["service_id"])
+    except RedisUnavailable:
+        raise ServiceUnavailable("The shared cache cannot be purged right now") from None

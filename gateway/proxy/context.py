@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from auth.principal import Principal
 from routing.loader import Installation, ProxyState
 from routing.table import Match
+
+if TYPE_CHECKING:
+    from gateway.proxy.caching import Capture
 
 
 @dataclass(slots=True)
@@ -27,4 +32,6 @@ class ProxyContext:
     match: Match | None = None
     upstream_status: int | None = None
     upstream_seconds: float | None = None
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    upstream_headers: CIMultiDictProxy[str] = field(default_factory=lambda: CIMultiDictProxy(CIMultiDict()))
+    response_headers: dict[str, str] = field(default_factory=dict)  # added to whatever answers
+    capture: Capture | None = None  # set by the cache stage on a MISS

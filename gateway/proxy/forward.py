@@ -140,21 +140,24 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
     headers = upstream_request_headers(request.headers)
     headers.update(_forwarded_headers(request))
     headers.update(_identity_headers(ctx, rt))
-    headers.update(ctx.extra_headers)
 
     started = time.perf_counter()
     upstream = await _open_upstream(ctx, rt, target, headers)
-    ctx.upstream_status = upstream.status
+    ctx.upstream_status, ctx.upstream_headers = upstream.status, upstream.headers
+    capture = ctx.capture
     try:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=downstream_response_headers(upstream.headers))
         response.headers[REQUEST_ID_HEADER] = request_id_of(request)
+        response.headers.update(ctx.response_headers)
         if upstream.content_length is not None and request.method != "HEAD" and upstream.status not in (204, 304):
             response.content_length = upstream.content_length
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
+                if capture is not None:
+                    capture.add(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             # Headers are gone already: the only honest signal left is to cut the connection,
             # so the caller cannot take a truncated body for a complete one.
@@ -165,6 +168,8 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
                 request.transport.close()
             return response
         await response.write_eof()
+        if capture is not None:
+            capture.complete = True
         return response
     finally:
         ctx.upstream_seconds = time.perf_counter() - started

@@ -1,6 +1,6 @@
 """handle_proxy: the proxy's one aiohttp handler, running the stages in order.
 
-    parse target → authenticate → authorize → route → forward
+    parse target → authenticate → authorize → route → rate limit → cache ( forward )
                                                  observe (always, like Kong's log phase)
 
 Any stage stops the request by raising a GatewayError (rendered as problem+json by the
@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 from gateway.errors import translate
+from gateway.proxy.caching import cached
 from gateway.proxy.context import ProxyContext
 from gateway.proxy.forward import forward
 from gateway.proxy.observe import observe
@@ -47,7 +48,7 @@ async def _run(ctx: ProxyContext) -> web.StreamResponse:
         answer = await stage(ctx)
         if answer is not None:
             return answer
-    return await forward(ctx)
+    return await cached(ctx, forward)
 
 
 async def jwks(request: web.Request) -> web.Response:

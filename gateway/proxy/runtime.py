@@ -15,9 +15,12 @@ from auth.jwt import JwtVerifier
 from gateway import metrics
 from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
 from gateway.proxy.assertion import AssertionSigner
+from gateway.proxy.cache import ResponseCache
 from gateway.proxy.callers import CallerCache
+from gateway.proxy.ratelimit import RateLimiter
 from gateway.proxy.resolver import PublicOnlyResolver
 from gateway.proxy.upstream_auth import UpstreamAuth
+from gateway.redis_link import RedisLink
 from gateway.settings import Settings
 from routing.loader import ProxyState, StateLoader
 
@@ -31,9 +34,13 @@ class ProxyRuntime:
     session: aiohttp.ClientSession
     signer: AssertionSigner
     upstream_auth: UpstreamAuth
+    redis: RedisLink
+    cache: ResponseCache
+    limiter: RateLimiter
 
 
 PROXY: Final = web.AppKey("proxy", ProxyRuntime)
+CACHE_PURGE: Final = "cache_purge"  # the `table` of the notification a cache purge sends
 SIGNER: Final = web.AppKey("assertion_signer", AssertionSigner)
 
 
@@ -64,6 +71,9 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
 async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = upstream_session(settings)
+    redis_link = RedisLink(settings.redis_url, settings.redis_timeout)
+    cache = ResponseCache(redis_link, memory_bytes=settings.cache_memory_bytes,
+                          max_body_bytes=settings.cache_max_body_bytes)
     callers = CallerCache(app[DB])
     upstream_auth = UpstreamAuth(app[KEYRING], session, allow_private=settings.allow_private_upstreams)
 
@@ -71,18 +81,27 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         callers.on_change(change)
         if change.get("table") in ("service_installations", "*"):
             upstream_auth.invalidate()
+        if change.get("table") == CACHE_PURGE:  # a purge made through another node
+            cache.drop_local_service(change["id"])
 
     def on_reload(state: ProxyState) -> None:
         metrics.ROUTES.set(state.table.size)
         metrics.ROUTES_LOADED.set(state.loaded_at)
 
     loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload)
-    app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth)
+    limiter = RateLimiter(redis_link, settings.rate_limit_failure)
+    app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth,
+                              redis_link, cache, limiter)
     tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run_flusher())]
+    if redis_link.configured:
+        tasks.append(asyncio.create_task(limiter.run_heartbeat()))
     yield
     for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await callers.flush_last_used()
+    if redis_link.configured:
+        await limiter.leave()
     await session.close()
+    await redis_link.close()

@@ -1,14 +1,17 @@
 """The request stages of the proxy, in order. Each fills in the context or raises a problem.
 
-authenticate → authorize → route; then (gateway.proxy.forward) the terminal `forward`.
+authenticate → authorize → route → rate_limit; then the cache stage (gateway.proxy.caching)
+around the terminal `forward` (gateway.proxy.forward).
 """
 
 from __future__ import annotations
 
 from auth.identify import identify
 from auth.principal import role_meets
-from gateway.errors import Forbidden, MethodNotAllowed, NotFound
+from gateway import metrics
+from gateway.errors import Forbidden, MethodNotAllowed, NotFound, RateLimited, ServiceUnavailable
 from gateway.proxy.context import ProxyContext
+from gateway.proxy.ratelimit import RateLimitUnavailable
 from gateway.proxy.runtime import runtime_of
 from routing.table import MethodNotAllowed as NoSuchMethod
 from routing.table import NoRoute
@@ -48,4 +51,22 @@ async def route(ctx: ProxyContext) -> None:
         raise MethodNotAllowed(list(exc.allowed)) from None
 
 
-REQUEST_STAGES = (authenticate, authorize, route)
+async def rate_limit(ctx: ProxyContext) -> None:
+    """The route's `rate_limit` per `rate_limit_window` seconds, counted per route and space."""
+    matched = ctx.match.route  # type: ignore[union-attr]
+    if not matched.rate_limit or not matched.rate_limit_window:
+        return
+    try:
+        decision = await runtime_of(ctx.request).limiter.check(
+            matched.id, ctx.space_id, matched.rate_limit, matched.rate_limit_window)
+    except RateLimitUnavailable as exc:  # GATEWAY_RATE_LIMIT_FAILURE=closed and Redis is away
+        raise ServiceUnavailable("Rate limits cannot be checked right now", exc.retry_after) from None
+    headers = decision.headers()
+    if not decision.allowed:
+        metrics.RATE_LIMITED.labels(ctx.slug, str(matched.id)).inc()
+        raise RateLimited(f"At most {decision.limit} requests per {decision.window} s; retry in {decision.reset} s",
+                          headers=headers)
+    ctx.response_headers.update(headers)
+
+
+REQUEST_STAGES = (authenticate, authorize, route, rate_limit)

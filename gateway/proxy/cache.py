@@ -1,0 +1,311 @@
+"""The response cache: storage and coordination only (the pipeline decides HIT/MISS/BYPASS).
+
+L1 is an in-process LRU bounded in bytes; L2 is Redis, shared by every node. Without Redis
+(not configured, failing, paused) the cache is L1 only: a failed read is a miss, a failed write
+is dropped, and RedisLink has already counted the failure (style.md §8).
+
+Concurrent misses for one key are coalesced by `flight()`: on this node with a per-key lock, and
+across nodes with a short Redis lock (`pgw:cl:<key>`) whose losers poll for the winner's entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from uuid import UUID
+
+import orjson
+from cachetools import LRUCache
+
+from gateway.redis_link import RedisLink, RedisUnavailable
+from routing.table import Route
+
+__all__ = ["CachedResponse", "Flight", "ResponseCache", "cache_key", "cacheable"]
+
+CACHEABLE_STATUSES = frozenset({200, 301, 404})
+ENTRY_PREFIX = "pgw:c:"
+LOCK_PREFIX = "pgw:cl:"
+LOCK_MS = 5000              # the cross-node lock outlives a normal upstream call, not a stuck one
+POLL_SECONDS = 0.02         # how often a node waiting on another node's lock looks for its entry
+ENTRY_OVERHEAD = 256        # bytes charged per L1 entry on top of body and headers (objects, LRU links)
+_HEADER_LEN = struct.Struct(">I")
+# Delete the lock only if it is still ours: after LOCK_MS another node may hold it.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored_at: float  # wall clock (the cache's clock), so every node computes the same Age
+    ttl: int
+
+    @property
+    def expires_at(self) -> float:
+        return self.stored_at + self.ttl
+
+    def age(self, now: float) -> int:
+        """The `Age` header's value: whole seconds since the upstream answered."""
+        return max(0, int(now - self.stored_at))
+
+    def to_bytes(self) -> bytes:
+        """A length-prefixed orjson header, then the raw body: no pickle, no base64."""
+        head = orjson.dumps([self.status, self.headers, self.stored_at, self.ttl])
+        return _HEADER_LEN.pack(len(head)) + head + self.body
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> CachedResponse:
+        """Raises ValueError on anything this module did not write."""
+        try:
+            (size,) = _HEADER_LEN.unpack_from(blob)
+            status, headers, stored_at, ttl = orjson.loads(blob[4:4 + size])
+            pairs = tuple((str(name), str(value)) for name, value in headers)
+            return cls(int(status), pairs, bytes(blob[4 + size:]), float(stored_at), int(ttl))
+        except (struct.error, orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError("not a cached response") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Flight:
+    """What `ResponseCache.flight` tells its entrant.
+
+    leader=True: nobody fetched this key since your miss; fetch it (and `put` it if cacheable).
+    leader=False: someone else fetched meanwhile; `get()` again, and only on a miss fetch it
+    yourself (while you are inside the context you are the only one on this node doing so).
+    """
+
+    leader: bool
+
+
+def cache_key(*, space_id: UUID | str, caller: str | None, route: Route,
+              installation_id: UUID | str | None, installation_version: str, method: str,
+              path: str, raw_query: str, accept: str, accept_encoding: str) -> str:
+    """The one place a cache key is built. Route and installation versions are part of it, so a
+    changed route or installation never serves an old answer (its entries just expire)."""
+    if route.options.get("cache_scope") == "space":
+        caller = None  # the route shares its answers across the space
+    parts = (space_id, caller, route.id, route.version, installation_id, installation_version,
+             method, path, raw_query, accept, accept_encoding)
+    # A JSON array keeps the fields apart: no separator inside a value can forge another key.
+    digest = hashlib.sha256(orjson.dumps(parts)).hexdigest()
+    return f"{route.service_id}:{digest}"
+
+
+def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:  # multidict: case-insensitive, repeated headers kept
+        return list(getall(name, []))
+    return [value for key, value in headers.items() if key.lower() == name]
+
+
+KEYED_VARY = frozenset({"accept", "accept-encoding", ""})
+
+
+def cacheable(status: int, headers: Mapping[str, str], size: int | None, max_body: int) -> bool:
+    """Whether an upstream answer may be stored (contract, "Response cache"). size None means
+    unknown yet (chunked): the reader stops storing once the body passes max_body."""
+    if status not in CACHEABLE_STATUSES or _header_values(headers, "set-cookie"):
+        return False
+    if size is not None and size > max_body:
+        return False
+    for value in _header_values(headers, "cache-control"):
+        for directive in value.split(","):
+            if directive.split("=", 1)[0].strip().lower() in ("no-store", "private"):
+                return False
+    # The key covers Accept and Accept-Encoding only: an answer that varies on anything else
+    # (Vary: Accept-Language, Vary: *) could be served to a request it does not fit.
+    for value in _header_values(headers, "vary"):
+        if {v.strip().lower() for v in value.split(",")} - KEYED_VARY:
+            return False
+    return True
+
+
+def _entry_size(response: CachedResponse) -> int:
+    return len(response.body) + sum(len(n) + len(v) for n, v in response.headers) + ENTRY_OVERHEAD
+
+
+class _Slot:
+    """One key's flight on this node; lives while anyone is inside or waiting."""
+
+    __slots__ = ("lock", "users", "filled")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+        self.filled = False  # an entry was stored (or seen) during this flight
+
+
+class ResponseCache:
+    def __init__(self, link: RedisLink, *, memory_bytes: int, max_body_bytes: int,
+                 clock: Callable[[], float] = time.time, flight_timeout: float = 30.0) -> None:
+        self._link = link
+        self.clock = clock  # the pipeline stamps stored_at and computes Age with this clock too
+        self.max_body_bytes = max_body_bytes
+        self.flight_timeout = flight_timeout
+        self._l1: LRUCache[str, CachedResponse] = LRUCache(max(memory_bytes, 1), getsizeof=_entry_size)
+        self._slots: dict[str, _Slot] = {}
+
+    # -- storage ------------------------------------------------------------------------------
+
+    def _get_local(self, key: str) -> CachedResponse | None:
+        entry = self._l1.get(key)
+        if entry is not None and entry.expires_at <= self.clock():
+            self._l1.pop(key, None)
+            return None
+        return entry
+
+    def _put_local(self, key: str, response: CachedResponse) -> bool:
+        try:
+            self._l1[key] = response
+        except ValueError:  # larger than the whole L1: Redis only
+            self._l1.pop(key, None)
+            return False
+        return True
+
+    async def get(self, key: str) -> CachedResponse | None:
+        entry = self._get_local(key)
+        if entry is not None or not self._link.configured:
+            return entry
+        try:
+            blob = await self._link.call(lambda r: r.get(ENTRY_PREFIX + key))
+        except RedisUnavailable:
+            return None
+        if blob is None:
+            return None
+        try:
+            entry = CachedResponse.from_bytes(blob)
+        except ValueError:
+            return None
+        if entry.expires_at <= self.clock():
+            return None
+        self._put_local(key, entry)  # same stored_at and ttl: L1 keeps only the remaining time
+        return entry
+
+    async def put(self, key: str, response: CachedResponse) -> None:
+        remaining_ms = int((response.expires_at - self.clock()) * 1000)
+        if remaining_ms <= 0 or len(response.body) > self.max_body_bytes:
+            return
+        stored = self._put_local(key, response)
+        if self._link.configured:
+            blob = response.to_bytes()
+            try:
+                await self._link.call(lambda r: r.set(ENTRY_PREFIX + key, blob, px=remaining_ms))
+                stored = True
+            except RedisUnavailable:
+                pass  # counted by RedisLink; L1 still serves this node
+        slot = self._slots.get(key)
+        if slot is not None and stored:
+            slot.filled = True
+
+    def drop_local_service(self, service_id: UUID | str) -> int:
+        """Drop this node's entries of a service (a purge made here or announced by another node)."""
+        return len(self._drop_local(f"{service_id}:"))
+
+    def _drop_local(self, prefix: str) -> set[str]:
+        doomed = {key for key in list(self._l1.keys()) if key.startswith(prefix)}
+        for key in doomed:
+            self._l1.pop(key, None)
+        return doomed
+
+    async def purge_service(self, service_id: UUID | str) -> int:
+        """Drop a service's entries here and in Redis; returns how many distinct keys were dropped.
+        Raises RedisUnavailable when Redis is configured but fails: a purge that silently left
+        entries behind would keep serving them, so the API should answer 503 instead."""
+        prefix = f"{service_id}:"
+        dropped = self._drop_local(prefix)
+        if not self._link.configured:
+            return len(dropped)
+        cursor = 0
+        while True:
+            cursor, names = await self._link.call(
+                lambda r, c=cursor: r.scan(c, match=f"{ENTRY_PREFIX}{prefix}*", count=1000))
+            if names:
+                await self._link.call(lambda r, n=names: r.unlink(*n))
+                dropped.update(name.decode()[len(ENTRY_PREFIX):] for name in names)
+            if cursor == 0:
+                return len(dropped)
+
+    # -- single flight ------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def flight(self, key: str, timeout: float | None = None) -> AsyncIterator[Flight]:
+        """Coalesce concurrent misses for `key`; see `Flight` for what the entrant should do.
+
+        On this node the first entrant leads; the others wait (at most `timeout`, default
+        `flight_timeout`) until it leaves. If it stored an entry they all go on at once to read
+        it. If it did not (answer not cacheable, error, cancellation) they go on ONE AT A TIME,
+        each fetching in turn: a transient failure of the leader then costs one more upstream
+        call, not a stampede, and the first cacheable answer serves the rest. A waiter whose
+        wait runs out goes on without the lock (leader=False), so nobody waits forever.
+        """
+        deadline = time.monotonic() + (self.flight_timeout if timeout is None else timeout)
+        slot = self._slots.setdefault(key, _Slot())
+        slot.users += 1
+        waited = slot.users > 1  # someone is inside or queued: we are a follower
+        holding = False
+        token: str | None = None
+        try:
+            holding = await self._acquire(slot, deadline)
+            if holding and (slot.filled or self._get_local(key) is not None):
+                slot.lock.release()  # an answer is here: let the next waiter read it too
+                holding = False
+            if not holding:
+                yield Flight(leader=False)
+                return
+            token, seen = await self._cross_node(key, deadline)
+            if seen:
+                slot.filled = True
+            yield Flight(leader=not (waited or seen))
+        finally:
+            try:
+                if token is not None:
+                    await self._release_lock(key, token)
+            finally:
+                if holding:
+                    slot.lock.release()
+                slot.users -= 1
+                if slot.users == 0 and self._slots.get(key) is slot:
+                    del self._slots[key]
+
+    @staticmethod
+    async def _acquire(slot: _Slot, deadline: float) -> bool:
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await slot.lock.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _cross_node(self, key: str, deadline: float) -> tuple[str | None, bool]:
+        """Take the Redis lock for `key`, or wait for the node holding it to store its answer.
+        Returns (our lock token or None, whether the entry showed up). Without Redis, or once
+        the wait is over, the caller simply proceeds: coalescing is then per node only."""
+        if not self._link.configured:
+            return None, False
+        token = secrets.token_hex(16)
+        end = min(deadline, time.monotonic() + LOCK_MS / 1000)
+        while True:
+            try:
+                if await self._link.call(lambda r: r.set(LOCK_PREFIX + key, token, nx=True, px=LOCK_MS)):
+                    return token, False
+            except RedisUnavailable:
+                return None, False
+            if time.monotonic() + POLL_SECONDS > end:
+                return None, False
+            await asyncio.sleep(POLL_SECONDS)
+            if await self.get(key) is not None:
+                return None, True
+
+    async def _release_lock(self, key: str, token: str) -> None:
+        try:
+            await self._link.call(lambda r: r.eval(_RELEASE, 1, LOCK_PREFIX + key, token))
+        except RedisUnavailable:
+            pass  # it expires after LOCK_MS anyway
+

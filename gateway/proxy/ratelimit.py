@@ -1,0 +1,237 @@
+"""Fixed-window rate limits per (route, space), shared by every node through Redis.
+
+Windows are aligned to the clock (window_start = floor(now / window) * window, epoch seconds), so
+vendors can read a limit as "N per window" and every node counts into the same key. One Redis
+round trip per request: a Lua script increments the window's counter and gives a new key its
+expiry in the same step. Without Redis the count lives in process memory; when a configured Redis
+fails, GATEWAY_RATE_LIMIT_FAILURE decides (`_fallback`, style.md §8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+from uuid import UUID
+
+import redis.asyncio as redis
+from cachetools import TLRUCache
+from redis.exceptions import NoScriptError
+
+from gateway import metrics
+from gateway.redis_link import PAUSE_AFTER_FAILURE, RedisLink, RedisUnavailable
+
+KEY_PREFIX: Final = "pgw:rl:"
+NODES_KEY: Final = "pgw:nodes"
+# A key outlives its window by this much, so a node whose clock lags a little still counts into
+# the live key instead of recreating it; after that nothing reads it again.
+TTL_MARGIN_SECONDS: Final = 5
+LOCAL_MAX_KEYS: Final = 100_000
+FAILURE_MODES: Final = ("local", "open", "closed")
+
+# INCR, and EXPIRE when the key has no TTL yet (new key, or one left without expiry by anything
+# unexpected), so no counter lives forever. Returns the count including this request.
+_INCR_SCRIPT: Final = """
+local count = redis.call('INCR', KEYS[1])
+if redis.call('TTL', KEYS[1]) == -1 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return count
+"""
+
+
+class RateLimitUnavailable(Exception):
+    """Redis is down and GATEWAY_RATE_LIMIT_FAILURE=closed: answer 503 with Retry-After."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("rate limit store unavailable")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # whole seconds to the window's end, at least 1
+    window: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+            "RateLimit-Policy": f'"route";q={self.limit};w={self.window}',
+            "RateLimit": f'"route";r={self.remaining};t={self.reset}',
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset)
+        return headers
+
+
+def _window(now: float, window: int) -> tuple[int, int]:
+    """(window_start, seconds to its end rounded up, at least 1)."""
+    start = int(now // window) * window
+    return start, max(1, math.ceil(start + window - now))
+
+
+def _decision(count: int, limit: int, window: int, reset: int, announced: int | None = None) -> Decision:
+    """`limit` is enforced; `announced` (default: the same) is what the headers call the limit."""
+    return Decision(allowed=count <= limit, limit=limit if announced is None else announced,
+                    remaining=max(0, limit - count), reset=reset, window=window)
+
+
+class LocalCounter:
+    """Per-process counters: bounded, each entry dropped when its window ends."""
+
+    def __init__(self, clock: Callable[[], float], maxsize: int = LOCAL_MAX_KEYS) -> None:
+        # key = (route, space, window, window_start): it expires at window_start + window. When
+        # full the least recently used counter goes, which at worst lets that key start again.
+        self._counts: TLRUCache[tuple[UUID, UUID, int, int], int] = TLRUCache(
+            maxsize, ttu=lambda key, _value, _now: key[3] + key[2], timer=clock)
+
+    def increment(self, route_id: UUID, space_id: UUID, window: int, start: int) -> int:
+        # No await between read and write: one event loop makes this atomic.
+        key = (route_id, space_id, window, start)
+        count = self._counts.get(key, 0) + 1
+        self._counts[key] = count
+        return count
+
+
+class _IncrBatcher:
+    """Runs the counting script for every check issued in one event-loop turn as ONE pipeline.
+
+    A burst of a few hundred requests then costs one round trip instead of a few hundred, each
+    waiting for a pooled connection: under load the calls stay well inside GATEWAY_REDIS_TIMEOUT
+    instead of timing out and tripping the fallback. EVALSHA, and on NOSCRIPT (a Redis restart
+    or SCRIPT FLUSH) the script is loaded and the batch sent again.
+    """
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self.sha = hashlib.sha1(_INCR_SCRIPT.encode()).hexdigest()
+        self._pending: list[tuple[str, int, asyncio.Future[int]]] = []
+
+    def incr(self, key: str, ttl: int) -> asyncio.Future[int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.append((key, ttl, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[tuple[str, int, asyncio.Future[int]]]) -> None:
+        async def run(r: redis.Redis) -> list[object]:
+            try:
+                return await self._pipeline(r, batch)
+            except NoScriptError:
+                await r.script_load(_INCR_SCRIPT)
+                return await self._pipeline(r, batch)
+
+        try:
+            counts = await self.link.call(run)
+        except RedisUnavailable as exc:
+            for _, _, future in batch:
+                if not future.done():  # a caller that went away cancelled its own future
+                    future.set_exception(exc)
+            return
+        for (_, _, future), count in zip(batch, counts, strict=True):
+            if not future.done():
+                future.set_result(int(count))  # type: ignore[call-overload]
+
+    async def _pipeline(self, r: redis.Redis, batch: list[tuple[str, int, asyncio.Future[int]]]) -> list[object]:
+        pipe = r.pipeline(transaction=False)
+        for key, ttl, _ in batch:
+            pipe.evalsha(self.sha, 1, key, ttl)
+        result: list[object] = await pipe.execute()
+        return result
+
+
+class RateLimiter:
+    def __init__(self, link: RedisLink, failure_mode: str = "local",
+                 clock: Callable[[], float] = time.time) -> None:
+        if failure_mode not in FAILURE_MODES:
+            raise ValueError(f"failure_mode must be one of {FAILURE_MODES}, not {failure_mode!r}")
+        self.link = link
+        self.failure_mode = failure_mode
+        self.clock = clock
+        self.local = LocalCounter(clock)
+        self.node_id = uuid.uuid4().hex
+        self.live_nodes = 1  # nodes seen by the last successful heartbeat (this one included)
+        self._incr = _IncrBatcher(link) if link.client is not None else None
+
+    async def check(self, route_id: UUID, space_id: UUID, limit: int, window: int) -> Decision:
+        now = self.clock()
+        start, reset = _window(now, window)
+        if self._incr is None:  # single-node mode: REDIS_URL unset, nothing to count as fallback
+            return _decision(self.local.increment(route_id, space_id, window, start), limit, window, reset)
+        key = f"{KEY_PREFIX}{route_id}:{space_id}:{window}:{start}"
+        try:
+            count = await self._incr.incr(key, window + TTL_MARGIN_SECONDS)
+        except RedisUnavailable:
+            return self._fallback(route_id, space_id, limit, window, start, reset)
+        return _decision(int(count), limit, window, reset)
+
+    def _fallback(self, route_id: UUID, space_id: UUID, limit: int, window: int,
+                  start: int, reset: int) -> Decision:
+        """Redis is configured but did not answer: GATEWAY_RATE_LIMIT_FAILURE decides, counted."""
+        metrics.RATE_LIMIT_FALLBACK.labels(self.failure_mode).inc()
+        if self.failure_mode == "closed":
+            raise RateLimitUnavailable(retry_after=max(1, math.ceil(PAUSE_AFTER_FAILURE)))
+        if self.failure_mode == "open":
+            # Nothing was counted; report the window as if this were its first request.
+            return _decision(1, limit, window, reset)
+        # local: this node's share of the limit. The headers keep announcing the route's limit
+        # (the policy did not change); Remaining is what this node still lets through.
+        share = max(1, -(-limit // max(1, self.live_nodes)))
+        count = self.local.increment(route_id, space_id, window, start)
+        return _decision(count, share, window, reset, announced=limit)
+
+    # --- node liveness, for the `local` failure mode ---------------------------------------
+
+    async def beat(self, interval: float = 5.0) -> int:
+        """Announce this node and count the live ones (one round trip); keeps the last count
+        when Redis fails. A node is live if it beat within the last 3 intervals."""
+        if self.link.client is None:
+            return self.live_nodes
+        now = self.clock()
+
+        async def announce(r: redis.Redis) -> list[object]:
+            pipe = r.pipeline(transaction=True)
+            pipe.zadd(NODES_KEY, {self.node_id: now})
+            pipe.zremrangebyscore(NODES_KEY, "-inf", f"({now - 3 * interval}")
+            pipe.zcard(NODES_KEY)
+            # The set goes away on its own once every node is gone.
+            pipe.expire(NODES_KEY, max(1, math.ceil(3 * interval)))
+            return await pipe.execute()
+
+        try:
+            results = await self.link.call(announce)
+        except RedisUnavailable:
+            return self.live_nodes
+        self.live_nodes = max(1, int(results[2]))
+        return self.live_nodes
+
+    async def run_heartbeat(self, interval: float = 5.0) -> None:
+        """Beat every `interval` seconds until cancelled."""
+        while True:
+            await self.beat(interval)
+            await asyncio.sleep(interval)
+
+    async def leave(self) -> None:
+        """Remove this node from the live set on shutdown (best effort: it ages out anyway)."""
+        if self.link.client is None:
+            return
+        try:
+            await self.link.call(lambda r: r.zrem(NODES_KEY, self.node_id))
+        except RedisUnavailable:
+            pass
