@@ -129,4 +129,4 @@ SELECT pg_notify('gateway_changes', json_build_object('table', 'cache_purge', 'o
 
 
 async def notify_cache_purge(conn: asyncpg.Connection, service_id: UUID) -> None:
-    await conn.execute(NOTIFY_CACHE_PURGE, service_id)
+    await conn.execute(NOTIFY_CACHE_PURGE, str(service_id))

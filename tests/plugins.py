@@ -107,3 +107,12 @@ async def raw_request(port: int, request_line: str, headers: dict[str, str], bod
     status_line = await asyncio.wait_for(reader.readline(), 5)
     writer.close()
     return status_line
+
+
+async def install_in(db: asyncpg.Pool, plugin: Plugin, space_id: UUID) -> UUID:
+    """Install an existing plugin in another space too, with credentials of its own."""
+    installation_id = uuid.uuid4()
+    sealed = KEYRING.seal({"api_key": f"secret-{space_id}"},
+                          associated_data("service_installations", installation_id, "credentials"))
+    await db.execute(INSERT_INSTALLATION, installation_id, plugin.service_id, space_id, sealed, {}, "active")
+    return installation_id

@@ -91,7 +91,8 @@ def cache_key(*, space_id: UUID | str, caller: str | None, route: Route,
     changed route or installation never serves an old answer (its entries just expire)."""
     if route.options.get("cache_scope") == "space":
         caller = None  # the route shares its answers across the space
-    parts = (space_id, caller, route.id, route.version, installation_id, installation_version,
+    # str(): ids may be asyncpg's own UUID type, which orjson does not know.
+    parts = (str(space_id), caller, str(route.id), route.version, str(installation_id), installation_version,
              method, path, raw_query, accept, accept_encoding)
     # A JSON array keeps the fields apart: no separator inside a value can forge another key.
     digest = hashlib.sha256(orjson.dumps(parts)).hexdigest()

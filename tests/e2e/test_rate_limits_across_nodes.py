@@ -1,0 +1,154 @@
+"""Rate limits exact across gateway processes sharing one Redis, and safe when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from gateway import devservices, metrics
+from tests.conftest import ASSERTION_KEY, ENCRYPTION_KEYS, JWT_SECRET, gateway_client, make_settings
+from tests.factories import Factory
+from tests.plugins import add_route, make_plugin, until_status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Hits:
+    def __init__(self) -> None:
+        self.count = 0
+        self.app = web.Application()
+        self.app.router.add_get("/{tail:.*}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.count += 1
+        return web.json_response({"ok": True})
+
+
+def start_gateway(database_url: str, redis_url: str, port: int) -> subprocess.Popen[bytes]:
+    # A burst of 200 requests per node saturates each node's event loop on a small machine; an
+    # answer from Redis can then wait longer than the default 50 ms to be read, which would send
+    # the node into its fallback. This test is about the count being atomic across nodes, so it
+    # gives Redis calls room; the fallback has a test of its own below.
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "GATEWAY_PORT": str(port),
+           "GATEWAY_REDIS_TIMEOUT": "1.0",
+           "GATEWAY_JWT_SECRET": JWT_SECRET, "GATEWAY_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
+           "GATEWAY_ASSERTION_KEY": ASSERTION_KEY, "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "true",
+           "GATEWAY_METRICS_PORT": str(devservices.free_port())}
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def three_gateways(database_url: str, redis_url: str) -> Iterator[list[int]]:
+    ports = [devservices.free_port() for _ in range(3)]
+    processes = [start_gateway(database_url, redis_url, port) for port in ports]
+    try:
+        deadline = time.monotonic() + 30
+        for port in ports:
+            while not devservices.tcp_answers("127.0.0.1", port, 0.2):
+                assert time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.1)
+        yield ports
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=20)
+
+
+async def test_three_nodes_let_exactly_the_limit_through(three_gateways: list[int], make: Factory,
+                                                         db: asyncpg.Pool, aiohttp_server: Any) -> None:
+    hits = Hits()
+    upstream = await aiohttp_server(hits.app)
+    plugin = await make_plugin(db, make, str(upstream.make_url("")).rstrip("/"), routes={})
+    await add_route(db, plugin.service_id, "/{rest:path}", "/{rest}", rate_limit=100, rate_limit_window=30)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        urls = [f"http://127.0.0.1:{port}{plugin.path('/x')}" for port in three_gateways]
+        for url in urls:  # every node has loaded the route: an unlimited path answers 404, not 403/404 auth
+            deadline = time.monotonic() + 10
+            while (await session.get(url.replace("/x", "/"), headers=plugin.member)).status != 404:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        # All 600 inside one 30 s window: start right after a boundary if less than 15 s remain.
+        if time.time() % 30 > 15:
+            await asyncio.sleep(30 - time.time() % 30 + 0.05)
+
+        async def call(n: int) -> int:
+            async with session.get(urls[n % 3], headers=plugin.member) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(call(n) for n in range(600)))
+    assert statuses.count(200) == 100 and statuses.count(429) == 500
+    assert hits.count == 100
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[devservices.LocalRedis]:
+    server = devservices.start_redis()
+    yield server
+    server.stop()
+
+
+async def test_redis_outage_during_load(own_redis: devservices.LocalRedis, database_url: str, make: Factory,
+                                        db: asyncpg.Pool, aiohttp_server: Any) -> None:
+    hits = Hits()
+    upstream = await aiohttp_server(hits.app)
+    settings = make_settings(database_url, redis_url=own_redis.url, redis_timeout=0.05)
+    fallback_before = metrics.REGISTRY.get_sample_value("gateway_rate_limit_fallback_total", {"mode": "local"}) or 0
+    async with gateway_client(settings) as client:
+        plugin = await make_plugin(db, make, str(upstream.make_url("")).rstrip("/"), routes={})
+        await add_route(db, plugin.service_id, "/{rest:path}", "/{rest}", rate_limit=1_000_000, rate_limit_window=3600)
+        await until_status(client, plugin.path("/x"), plugin.member, 200)
+
+        slowest = 0.0
+        statuses: list[int] = []
+        stop = asyncio.Event()
+
+        async def worker() -> None:
+            nonlocal slowest
+            while not stop.is_set():
+                started = time.monotonic()
+                response = await client.get(plugin.path("/x"), headers=plugin.member)
+                await response.read()
+                slowest = max(slowest, time.monotonic() - started)
+                statuses.append(response.status)
+
+        workers = [asyncio.create_task(worker()) for _ in range(10)]
+        await asyncio.sleep(0.5)
+        own_redis.stop()  # Redis goes away in the middle of the run
+        await asyncio.sleep(1.5)
+        stop.set()
+        await asyncio.gather(*workers)
+
+        assert statuses and set(statuses) == {200}  # `local` mode: answered, limited per process
+        assert slowest < 1.0  # no request hung on Redis (timeout 0.05 s)
+        fallback = metrics.REGISTRY.get_sample_value("gateway_rate_limit_fallback_total", {"mode": "local"}) or 0
+        assert fallback > fallback_before
+
+        restarted = devservices.start_redis(own_redis.port)  # back on the same address
+        try:
+            await asyncio.sleep(1.2)  # past the pause after the last failure
+            response = await client.get(plugin.path("/x"), headers=plugin.member)
+            assert response.status == 200
+            import redis.asyncio as redis
+
+            probe = redis.Redis.from_url(own_redis.url)
+            try:
+                assert await probe.keys("pgw:rl:*")  # counted in Redis again
+            finally:
+                await probe.aclose()
+        finally:
+            restarted.stop()
