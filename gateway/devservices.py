@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -122,11 +123,31 @@ class LocalPostgres:
             pass
 
 
-def start_postgres(data_dir: Path, port: int | None = None) -> LocalPostgres:
+@dataclass
+class WheelPostgres:
+    """PostgreSQL from the `pgserver` wheel (the `demo` extra), for machines without its binaries.
+    pgserver itself runs the server as an unprivileged user when we are root."""
+
+    server: Any
+
+    @property
+    def dsn(self) -> str:
+        return str(self.server.get_uri())
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+def start_postgres(data_dir: Path, port: int | None = None) -> LocalPostgres | WheelPostgres:
     bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        raise RuntimeError("no PostgreSQL binaries found (install postgresql, or set DATABASE_URL)")
-    return LocalPostgres(data_dir, port or free_port(), bin_dir, _unprivileged_user()).start()
+    if bin_dir is not None:
+        return LocalPostgres(data_dir, port or free_port(), bin_dir, _unprivileged_user()).start()
+    try:
+        import pgserver  # type: ignore[import-not-found]
+    except ImportError:
+        raise RuntimeError("no PostgreSQL binaries found: install PostgreSQL, pip install "
+                           "'plugin-gateway[demo]' (pgserver), or set DATABASE_URL") from None
+    return WheelPostgres(pgserver.get_server(str(data_dir), cleanup_mode="stop"))
 
 
 @dataclass
