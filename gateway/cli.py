@@ -69,6 +69,20 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(Path(args.data_dir).resolve(), args.host, args.port)
 
 
+def _rotate_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.admin import rotate_keys
+
+    settings.require("database_url", "encryption_keys")
+    return rotate_keys(settings)
+
+
+def _routes(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.admin import print_routes
+
+    settings.require("database_url")
+    return print_routes(settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Plugin Gateway: registry API and plugin proxy.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -87,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", help="listen address (default: GATEWAY_HOST)")
     demo.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
     demo.set_defaults(run=_demo)
+
+    rotate = commands.add_parser(
+        "rotate-keys", help="re-encrypt every stored credential under the first key of GATEWAY_ENCRYPTION_KEYS "
+                            "(safe to re-run and to interrupt)")
+    rotate.set_defaults(run=_rotate_keys)
+
+    routes = commands.add_parser("routes", help="print the live route table, as a gateway would build it now")
+    routes.set_defaults(run=_routes)
 
     token = commands.add_parser("create-token", help="print a development JWT for a user (HS256)")
     token.add_argument("user_id", type=UUID, help="the users.id the token names")

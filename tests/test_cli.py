@@ -18,7 +18,8 @@ def gateway(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_command() -> None:
     result = gateway("--help")
     assert result.returncode == 0
-    for command in ("migrate", "serve", "demo", "create-token"):
+    for command in ("migrate", "serve", "demo", "create-token", "rotate-keys", "routes"):
+        assert gateway(command, "--help").returncode == 0
         assert command in result.stdout
 
 
