@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Build stage: a wheel of the project (migrations inside) and its dependencies.
+# Build stage: wheels of the project (the SQL migrations travel inside it) and its dependencies.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -8,17 +8,20 @@ COPY routing ./routing
 COPY auth ./auth
 COPY db ./db
 COPY migrations ./migrations
-RUN pip install --no-cache-dir --upgrade pip==24.3.1 \
+RUN pip install --no-cache-dir pip==24.3.1 \
  && pip wheel --no-cache-dir --wheel-dir /wheels '.[fast]'
 
-# Runtime stage: no compilers, no sources, a non-root user.
+# Runtime stage: no compilers, no sources, a non-root user with a fixed id.
 FROM python:3.11-slim
-RUN groupadd --system gateway && useradd --system --gid gateway --home-dir /nonexistent gateway
+RUN groupadd --system --gid 10001 gateway \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gateway
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels 'plugin-gateway[fast]' && rm -rf /wheels
-USER gateway
+RUN pip install --no-cache-dir --no-index --find-links=/wheels 'plugin-gateway[fast]==0.1.0' && rm -rf /wheels
+USER 10001:10001
 ENV GATEWAY_HOST=0.0.0.0 PYTHONUNBUFFERED=1
 EXPOSE 8080 9180
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
-  CMD ["python", "-c", "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
-CMD ["gateway", "serve"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+# The same two commands as the README's "Running it for real": migrate (a no-op when up to
+# date, safe from many replicas at once), then serve.
+CMD ["sh", "-c", "gateway migrate && exec gateway serve"]
