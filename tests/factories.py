@@ -1,4 +1,4 @@
-"""Arrange rows the host platform owns (users, spaces, memberships) and callers' headers."""
+"""Arrange rows the host platform owns (users, spaces, memberships), installations, and callers' headers."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ class Factory:
             "INSERT INTO space_members (space_id, user_id, role) VALUES ($1, $2, $3)",
             space_id, user_id, role)
         return user_id
+
+    async def installation(self, service_id: str | UUID, space_id: UUID, installed_by: UUID | None = None,
+                           status: str = "active") -> UUID:
+        """An installation row put straight into the table, bypassing the installations API."""
+        installation: UUID = await self.db.fetchval(
+            "INSERT INTO service_installations (service_id, space_id, installed_by, status) VALUES ($1, $2, $3, $4)"
+            " RETURNING id", UUID(str(service_id)), space_id, installed_by, status)
+        return installation
 
     def token(self, user_id: UUID, *, admin: bool = False, lifetime: int = 600) -> str:
         return issue_token(self.jwt_secret, user_id, roles=["platform_admin"] if admin else None,

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from db.encryption import DecryptionError, KeyRing, associated_data, generate_key_ring_entry
-from tests.api.test_installations import API, install, registered_service, space_with
+from tests.api.helpers import API, install, register_service, space_with
 from tests.conftest import ENCRYPTION_KEYS
 from tests.factories import Factory
 
@@ -29,9 +29,9 @@ async def stored(db: asyncpg.Pool, installation_id: str) -> dict[str, object]:
 async def test_credentials_are_encrypted_and_bound_to_their_row(client: TestClient, make: Factory,
                                                                 db: asyncpg.Pool) -> None:
     secret = f"sk-live-{secrets.token_hex(16)}"
-    service = await registered_service(client, make)
-    space_a, owner_a = await space_with(make)
-    space_b, owner_b = await space_with(make)
+    service, _ = await register_service(client, make)
+    space_a, owner_a, _ = await space_with(make)
+    space_b, owner_b, _ = await space_with(make)
     responses = []
 
     created = await install(client, space_a, owner_a, service_id=service["id"],
@@ -75,8 +75,8 @@ async def test_credentials_are_encrypted_and_bound_to_their_row(client: TestClie
 
 async def test_revived_installation_is_sealed_for_its_own_row(client: TestClient, make: Factory,
                                                              db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     first = await (await install(client, space, owner, service_id=service["id"], credentials={"a": "1"})).json()
     assert (await client.delete(f"{API}/spaces/{space}/installations/{first['id']}", headers=owner)).status == 204
     again = await (await install(client, space, owner, service_id=service["id"], credentials={"b": "2"})).json()

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api.test_installations import API, install, listed, registered_service, space_with
+from tests.api.helpers import API, install, listed_installations, register_service, space_with
 from tests.factories import Factory
 
 
@@ -32,7 +32,7 @@ async def live_keys(db: asyncpg.Pool, space: UUID) -> int:
 
 
 async def test_create_list_revoke(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, owner = await space_with(make)
+    space, owner, _ = await space_with(make)
     created = await client.post(keys_url(space), json={"name": "deploy bot"}, headers=owner)
     assert created.status == 201, await created.text()
     key = await created.json()
@@ -67,7 +67,7 @@ async def test_create_list_revoke(client: TestClient, make: Factory, db: asyncpg
 
 
 async def test_pagination(client: TestClient, make: Factory) -> None:
-    space, admin = await space_with(make, "admin")
+    space, admin, _ = await space_with(make, "admin")
     names = [f"key-{n}" for n in range(5)]
     for name in names[:4]:
         await new_key(client, space, admin, name=name)
@@ -86,7 +86,7 @@ async def test_pagination(client: TestClient, make: Factory) -> None:
 
 
 async def test_role_ceiling(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, admin = await space_with(make, "admin")
+    space, admin, _ = await space_with(make, "admin")
     refused = await client.post(keys_url(space), json={"name": "root", "role": "owner"}, headers=admin)
     assert refused.status == 403
     assert await live_keys(db, space) == 0
@@ -101,8 +101,8 @@ async def test_role_ceiling(client: TestClient, make: Factory, db: asyncpg.Pool)
 
 
 async def test_who_may_manage_keys(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space_a, owner_a = await space_with(make)
-    space_b, owner_b = await space_with(make)
+    space_a, owner_a, _ = await space_with(make)
+    space_b, owner_b, _ = await space_with(make)
     key_a = await new_key(client, space_a, owner_a)
     key_b = await new_key(client, space_b, owner_b)
 
@@ -127,10 +127,10 @@ async def test_who_may_manage_keys(client: TestClient, make: Factory, db: asyncp
 
 
 async def test_keys_as_callers(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    other = await registered_service(client, make)
-    space_a, owner_a = await space_with(make)
-    space_b, _ = await space_with(make)
+    service, _ = await register_service(client, make)
+    other, _ = await register_service(client, make)
+    space_a, owner_a, _ = await space_with(make)
+    space_b, _, _ = await space_with(make)
     admin_key = (await new_key(client, space_a, owner_a, role="admin"))["key"]
     owner_key = (await new_key(client, space_a, owner_a, role="owner"))["key"]
     viewer_key = (await new_key(client, space_a, owner_a, role="viewer"))["key"]
@@ -141,7 +141,7 @@ async def test_keys_as_callers(client: TestClient, make: Factory, db: asyncpg.Po
     bearer = {"Authorization": f"Bearer {admin_key}"}
     by_bearer = await install(client, space_a, bearer, slug=other["slug"])
     assert by_bearer.status == 201, await by_bearer.text()
-    assert len(await listed(client, space_a, bearer)) == 2
+    assert len(await listed_installations(client, space_a, bearer)) == 2
 
     viewer = {"X-API-Key": viewer_key}
     assert (await client.get(f"{API}/spaces/{space_a}/installations", headers=viewer)).status == 200
@@ -178,7 +178,7 @@ async def test_keys_as_callers(client: TestClient, make: Factory, db: asyncpg.Po
 ])
 async def test_bad_bodies_change_nothing(client: TestClient, make: Factory, db: asyncpg.Pool,
                                          body: dict[str, Any], field: str) -> None:
-    space, owner = await space_with(make)
+    space, owner, _ = await space_with(make)
     response = await client.post(keys_url(space), json=body, headers=owner)
     assert response.status == 422, await response.text()
     assert [e["field"] for e in (await response.json())["errors"]] == [field]

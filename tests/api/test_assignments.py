@@ -12,40 +12,23 @@ from aiohttp.test_utils import TestClient
 
 from db.encryption import associated_data
 from gateway.appkeys import KEYRING
-from tests.api.test_instance_services import instance_in_space, post
+from tests.api.helpers import instance_in_space, new_instance_service, register_service
 from tests.factories import Factory
 
 CLIENT_SECRET = "cs-" + uuid.uuid4().hex
 
 
 async def approved_plugin(client: TestClient, make: Factory, name: str = "Docker Manager") -> dict[str, Any]:
-    """A service registered by a vendor and approved by a platform admin, as the API does it."""
-    vendor = make.auth(await make.user())
-    body = {"name": name, "slug": f"mgr-{uuid.uuid4().hex[:8]}", "version": "1.0.0", "provider": "Acme",
-            "category": "service-management", "api_base_url": "https://plugins.example.com/v1"}
-    created = await client.post("/api/v1/services", json=body, headers=vendor)
-    assert created.status == 201, await created.text()
-    service = await created.json()
-    approved = await client.put(f"/api/v1/services/{service['id']}/status", json={"status": "approved"},
-                                headers=await make.admin())
-    assert approved.status == 200, await approved.text()
-    result: dict[str, Any] = await approved.json()
-    return result
-
-
-async def install(db: asyncpg.Pool, plugin: dict[str, Any], space: UUID, status: str = "active") -> UUID:
-    # Arranged directly: the installations API is written alongside this one.
-    installation: UUID = await db.fetchval(
-        "INSERT INTO service_installations (service_id, space_id, status) VALUES ($1, $2, $3) RETURNING id",
-        UUID(plugin["id"]), space, status)
-    return installation
+    """A management plugin: a service registered by a vendor and approved by a platform admin, via the API."""
+    plugin, _ = await register_service(client, make, name=name, category="service-management")
+    return plugin
 
 
 async def setup(client: TestClient, make: Factory, db: asyncpg.Pool) -> tuple[UUID, dict[str, str], str, str]:
     """A space with an instance service; returns the space, owner headers, services URL and
     the service's assignments URL."""
     space, owner, services_url = await instance_in_space(client, make)
-    service = await post(client, services_url, owner)
+    service = await new_instance_service(client, services_url, owner)
     return space, owner, services_url, f"/api/v1/spaces/{space}/instance-services/{service['id']}/assignments"
 
 
@@ -74,7 +57,7 @@ async def assign(client: TestClient, url: str, headers: dict[str, str], plugin: 
 async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     space, owner, services_url, url = await setup(client, make, db)
     plugin = await approved_plugin(client, make)
-    await install(db, plugin, space)
+    await make.installation(plugin["id"], space)
 
     body = {"plugin_id": plugin["id"], "config": {"mode": "full"},
             "credentials": {"client_id": "abc", "client_secret": CLIENT_SECRET}, "is_active": True}
@@ -114,7 +97,7 @@ async def test_management_plugin_follows_most_recent_active(client: TestClient, 
     space, owner, _, url = await setup(client, make, db)
     first, second, inactive = [await approved_plugin(client, make, f"Manager {i}") for i in range(3)]
     for plugin in (first, second, inactive):
-        await install(db, plugin, space)
+        await make.installation(plugin["id"], space)
 
     await assign(client, url, owner, first)
     assert await management_plugin(db, url) == UUID(first["id"])
@@ -136,13 +119,13 @@ async def test_management_plugin_follows_most_recent_active(client: TestClient, 
 async def test_plugin_must_be_installed_in_the_space(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     space, owner, _, url = await setup(client, make, db)
     elsewhere, inactive, uninstalled, deleted, control = [await approved_plugin(client, make) for _ in range(5)]
-    await install(db, elsewhere, await make.space())
-    await install(db, inactive, space, status="inactive")
-    installation = await install(db, uninstalled, space)
+    await make.installation(elsewhere["id"], await make.space())
+    await make.installation(inactive["id"], space, status="inactive")
+    installation = await make.installation(uninstalled["id"], space)
     await db.execute("UPDATE service_installations SET deleted_at = NOW() WHERE id = $1", installation)
-    await install(db, deleted, space)
+    await make.installation(deleted["id"], space)
     await db.execute("UPDATE service_registry SET deleted_at = NOW() WHERE id = $1", UUID(deleted["id"]))
-    await install(db, control, space)
+    await make.installation(control["id"], space)
 
     for plugin_id in (elsewhere["id"], inactive["id"], uninstalled["id"], deleted["id"], str(uuid.uuid4())):
         response = await client.post(url, json={"plugin_id": plugin_id}, headers=owner)
@@ -156,7 +139,7 @@ async def test_plugin_must_be_installed_in_the_space(client: TestClient, make: F
 async def test_duplicate_assignment(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     space, owner, _, url = await setup(client, make, db)
     plugin = await approved_plugin(client, make)
-    await install(db, plugin, space)
+    await make.installation(plugin["id"], space)
     await assign(client, url, owner, plugin, config={"v": 1})
     before = await assignment_rows(db, url)
     response = await client.post(url, json={"plugin_id": plugin["id"], "config": {"v": 2}}, headers=owner)
@@ -168,8 +151,8 @@ async def test_authorization_and_scope(client: TestClient, make: Factory, db: as
     space_a, owner_a, _, url_a = await setup(client, make, db)
     space_b, owner_b, _, _ = await setup(client, make, db)
     plugin = await approved_plugin(client, make)
-    await install(db, plugin, space_a)
-    await install(db, plugin, space_b)
+    await make.installation(plugin["id"], space_a)
+    await make.installation(plugin["id"], space_b)
 
     viewer = make.auth(await make.member(space_a, "viewer"))
     assert (await client.get(url_a, headers=viewer)).status == 200
@@ -200,7 +183,7 @@ async def test_bad_input_changes_nothing(client: TestClient, make: Factory, db: 
                                          change: dict[str, Any], field: str) -> None:
     space, owner, _, url = await setup(client, make, db)
     plugin = await approved_plugin(client, make)
-    await install(db, plugin, space)
+    await make.installation(plugin["id"], space)
     response = await client.post(url, json={"plugin_id": plugin["id"], **change}, headers=owner)
     assert response.status == 422
     assert field in [e["field"] for e in (await response.json())["errors"]]

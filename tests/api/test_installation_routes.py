@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api.test_service_routes import Headers, assert_problem, new_service, route_body
+from tests.api.helpers import Headers, assert_problem, register_service, route_body
 from tests.factories import Factory
 
 
@@ -29,19 +29,12 @@ class Tenant:
         return f"/api/v1/spaces/{self.space}/installations/{self.installation}/routes"
 
 
-async def install(db: asyncpg.Pool, service_id: str, space: UUID, by: UUID) -> UUID:
-    # Straight into the table: the installations API is written elsewhere.
-    installation: UUID = await db.fetchval(
-        "INSERT INTO service_installations (service_id, space_id, installed_by) VALUES ($1, $2, $3) RETURNING id",
-        UUID(service_id), space, by)
-    return installation
-
-
-async def tenant(make: Factory, db: asyncpg.Pool, service: dict[str, Any]) -> Tenant:
+async def tenant(make: Factory, service: dict[str, Any]) -> Tenant:
     space = await make.space()
     owner = await make.member(space, "owner")
     headers = {role: make.auth(await make.member(space, role)) for role in ("admin", "member", "viewer")}
-    return Tenant(space, await install(db, service["id"], space, owner), make.auth(owner), **headers)
+    # Straight into the table: the installations API is written elsewhere.
+    return Tenant(space, await make.installation(service["id"], space, owner), make.auth(owner), **headers)
 
 
 async def installation_rows(db: asyncpg.Pool, installation: UUID) -> list[dict[str, Any]]:
@@ -50,10 +43,10 @@ async def installation_rows(db: asyncpg.Pool, installation: UUID) -> list[dict[s
 
 
 @pytest.fixture
-async def world(client: TestClient, make: Factory, db: asyncpg.Pool) -> dict[str, Any]:
-    service, vendor = await new_service(client, make)
-    return {"service": service, "vendor": vendor, "a": await tenant(make, db, service),
-            "b": await tenant(make, db, service)}
+async def world(client: TestClient, make: Factory) -> dict[str, Any]:
+    service, vendor = await register_service(client, make)
+    return {"service": service, "vendor": vendor, "a": await tenant(make, service),
+            "b": await tenant(make, service)}
 
 
 async def test_round_trip(client: TestClient, world: dict[str, Any], db: asyncpg.Pool) -> None:
@@ -140,14 +133,14 @@ async def test_ids_from_another_space_are_not_found(client: TestClient, world: d
 
 async def test_uninstalled_or_deleted_service_is_not_found(client: TestClient, make: Factory,
                                                           db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
-    a = await tenant(make, db, service)
+    service, vendor = await register_service(client, make)
+    a = await tenant(make, service)
     await db.execute("UPDATE service_installations SET deleted_at = NOW() WHERE id = $1", a.installation)
     await assert_problem(await client.get(a.routes, headers=a.admin), 404)
     await assert_problem(await client.post(a.routes, json=route_body(), headers=a.admin), 404)
 
-    other, other_vendor = await new_service(client, make)
-    b = await tenant(make, db, other)
+    other, other_vendor = await register_service(client, make)
+    b = await tenant(make, other)
     assert (await client.delete(f"/api/v1/services/{other['id']}", headers=other_vendor)).status == 204
     await assert_problem(await client.get(b.routes, headers=b.admin), 404)
 
@@ -171,8 +164,8 @@ async def test_bad_input_is_refused(client: TestClient, world: dict[str, Any], d
 
 
 async def test_relative_target_needs_an_api_base_url(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service, _ = await new_service(client, make, api_base_url=None)
-    a = await tenant(make, db, service)
+    service, _ = await register_service(client, make, api_base_url=None)
+    a = await tenant(make, service)
     await assert_problem(await client.post(a.routes, json=route_body(target_url="/r/{id}"), headers=a.admin),
                          422, "target_url")
     assert await installation_rows(db, a.installation) == []

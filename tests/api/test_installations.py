@@ -11,36 +11,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from tests.api.helpers import API, install, listed_installations, register_service, space_with
 from tests.factories import Factory
-
-API = "/api/v1"
-
-
-async def registered_service(client: TestClient, make: Factory, status: str | None = "approved",
-                             **overrides: Any) -> dict[str, Any]:
-    """A service registered through the API by a fresh vendor, then moved to `status` by an admin."""
-    body: dict[str, Any] = {"name": "Reports", "slug": f"reports-{uuid.uuid4().hex[:10]}",
-                            "version": "1.0.0", "provider": "Acme", **overrides}
-    created = await client.post(f"{API}/services", json=body, headers=make.auth(await make.user()))
-    assert created.status == 201, await created.text()
-    service: dict[str, Any] = await created.json()
-    admin = await make.admin()
-    steps = {"approved": ["approved"], "rejected": ["rejected"], "deprecated": ["approved", "deprecated"]}
-    for step in steps.get(status or "pending", []):
-        changed = await client.put(f"{API}/services/{service['id']}/status", json={"status": step}, headers=admin)
-        assert changed.status == 200, await changed.text()
-        service = await changed.json()
-    return service
-
-
-async def space_with(make: Factory, role: str = "owner") -> tuple[UUID, dict[str, str]]:
-    """A new space and the headers of a fresh member with `role` in it."""
-    space = await make.space()
-    return space, make.auth(await make.member(space, role))
-
-
-async def install(client: TestClient, space: UUID, headers: dict[str, str], **body: Any) -> Any:
-    return await client.post(f"{API}/spaces/{space}/installations", json=body, headers=headers)
 
 
 async def counts(db: asyncpg.Pool, service_id: str | UUID) -> tuple[int, int]:
@@ -56,16 +28,9 @@ async def deleted_at(db: asyncpg.Pool, installation_id: str) -> Any:
     return await db.fetchval("SELECT deleted_at FROM service_installations WHERE id = $1", UUID(installation_id))
 
 
-async def listed(client: TestClient, space: UUID, headers: dict[str, str]) -> list[dict[str, Any]]:
-    response = await client.get(f"{API}/spaces/{space}/installations", headers=headers)
-    assert response.status == 200, await response.text()
-    items: list[dict[str, Any]] = (await response.json())["items"]
-    return items
-
-
 async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     created = await install(client, space, owner, service_id=service["id"], config={"region": "eu"},
                             credentials={"client_secret": "s1", "client_id": "c1"},
                             permissions={"min_role": "member"})
@@ -108,8 +73,8 @@ async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -
 
 
 async def test_by_slug_and_twice_is_409(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, admin = await space_with(make, "admin")
+    service, _ = await register_service(client, make)
+    space, admin, _ = await space_with(make, "admin")
     created = await install(client, space, admin, slug=service["slug"], config={"a": 1})
     assert created.status == 201, await created.text()
     body = await created.json()
@@ -126,8 +91,8 @@ async def test_by_slug_and_twice_is_409(client: TestClient, make: Factory, db: a
 
 
 async def test_reinstall_revives_the_row(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     first = await (await install(client, space, owner, service_id=service["id"], config={"v": 1},
                                  credentials={"old": "x"}, status="error")).json()
     # A route of this installation only: it must survive the uninstall/reinstall.
@@ -160,8 +125,8 @@ async def test_reinstall_revives_the_row(client: TestClient, make: Factory, db: 
 
 
 async def test_pagination_across_inserts(client: TestClient, make: Factory) -> None:
-    space, owner = await space_with(make)
-    services = [await registered_service(client, make) for _ in range(6)]
+    space, owner, _ = await space_with(make)
+    services = [(await register_service(client, make))[0] for _ in range(6)]
     for service in services[:5]:
         assert (await install(client, space, owner, service_id=service["id"])).status == 201
 
@@ -184,13 +149,13 @@ async def test_pagination_across_inserts(client: TestClient, make: Factory) -> N
 
 
 async def test_who_may_read_and_write(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space_a, owner_a = await space_with(make)
-    space_b, owner_b = await space_with(make)
+    service, _ = await register_service(client, make)
+    space_a, owner_a, _ = await space_with(make)
+    space_b, owner_b, _ = await space_with(make)
     inst_a = await (await install(client, space_a, owner_a, service_id=service["id"], config={"k": 1})).json()
     inst_b = await (await install(client, space_b, owner_b, service_id=service["id"])).json()
     url_a = f"{API}/spaces/{space_a}/installations/{inst_a['id']}"
-    other = await registered_service(client, make)
+    other, _ = await register_service(client, make)
 
     for role in ("viewer", "member"):
         headers = make.auth(await make.member(space_a, role))
@@ -231,14 +196,14 @@ async def test_who_may_read_and_write(client: TestClient, make: Factory, db: asy
 
 
 async def test_only_approved_services_install(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, owner = await space_with(make)
+    space, owner, _ = await space_with(make)
     unknown = await install(client, space, owner, service_id=str(uuid.uuid4()))
     assert unknown.status == 422
     unknown_error = (await unknown.json())["errors"]
     assert [e["field"] for e in unknown_error] == ["service_id"]
 
     for status in ("pending", "rejected"):
-        service = await registered_service(client, make, status=status)
+        service, _ = await register_service(client, make, status=status)
         by_id = await install(client, space, owner, service_id=service["id"])
         assert by_id.status == 422
         # Not revealed: the same answer as for a service that does not exist.
@@ -248,12 +213,12 @@ async def test_only_approved_services_install(client: TestClient, make: Factory,
         assert [e["field"] for e in (await by_slug.json())["errors"]] == ["slug"]
         assert await counts(db, service["id"]) == (0, 0)
 
-    deprecated = await registered_service(client, make, status="deprecated")
+    deprecated, _ = await register_service(client, make, status="deprecated")
     refused = await install(client, space, owner, service_id=deprecated["id"])
     assert refused.status == 422 and "deprecated" in (await refused.json())["errors"][0]["message"]
 
     # The platform admin may see a pending service, so it is told why.
-    pending = await registered_service(client, make, status=None)
+    pending, _ = await register_service(client, make, status=None)
     told = await install(client, space, await make.admin(), service_id=pending["id"])
     assert told.status == 422 and "pending" in (await told.json())["errors"][0]["message"]
     rows = await db.fetchval("SELECT count(*) FROM service_installations WHERE space_id = $1", space)
@@ -262,8 +227,8 @@ async def test_only_approved_services_install(client: TestClient, make: Factory,
 
 async def test_deprecated_keeps_working_deleted_disappears(client: TestClient, make: Factory,
                                                           db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     inst = await (await install(client, space, owner, service_id=service["id"])).json()
     url = f"{API}/spaces/{space}/installations/{inst['id']}"
     admin = await make.admin()
@@ -272,18 +237,18 @@ async def test_deprecated_keeps_working_deleted_disappears(client: TestClient, m
     assert deprecated.status == 200
     assert (await client.get(url, headers=owner)).status == 200
     assert (await client.patch(url, json={"config": {"still": True}}, headers=owner)).status == 200
-    assert len(await listed(client, space, owner)) == 1
+    assert len(await listed_installations(client, space, owner)) == 1
 
     assert (await client.delete(f"{API}/services/{service['id']}", headers=admin)).status == 204
     assert (await client.get(url, headers=owner)).status == 404
     assert (await client.patch(url, json={"config": {}}, headers=owner)).status == 404
     assert (await client.delete(url, headers=owner)).status == 404
-    assert await listed(client, space, owner) == []
+    assert await listed_installations(client, space, owner) == []
     assert await deleted_at(db, inst["id"]) is None  # hidden with its service, not uninstalled
 
 
 async def test_concurrent_installs_across_spaces(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
+    service, _ = await register_service(client, make)
     admin = await make.admin()
     spaces = [await make.space() for _ in range(30)]
 
@@ -311,8 +276,8 @@ async def test_concurrent_installs_across_spaces(client: TestClient, make: Facto
 
 async def test_one_space_hammering_install_and_uninstall(client: TestClient, make: Factory,
                                                          db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     inst = await (await install(client, space, owner, service_id=service["id"])).json()
     url = f"{API}/spaces/{space}/installations/{inst['id']}"
 
@@ -361,8 +326,8 @@ BAD_BODIES = [
 @pytest.mark.parametrize(("body", "field"), BAD_BODIES)
 async def test_bad_install_bodies_change_nothing(client: TestClient, make: Factory, db: asyncpg.Pool,
                                                  body: dict[str, Any], field: str) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     body = {k: service["id"] if v == SID else v for k, v in body.items()}
     response = await install(client, space, owner, **body)
     assert response.status == 422, await response.text()
@@ -375,8 +340,8 @@ async def test_bad_install_bodies_change_nothing(client: TestClient, make: Facto
 
 
 async def test_both_service_id_and_slug(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     response = await install(client, space, owner, service_id=service["id"], slug=service["slug"])
     assert response.status == 422
     assert [e["field"] for e in (await response.json())["errors"]] == ["slug"]
@@ -384,8 +349,8 @@ async def test_both_service_id_and_slug(client: TestClient, make: Factory, db: a
 
 
 async def test_malformed_requests(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     base = f"{API}/spaces/{space}/installations"
     as_json, as_text = {**owner, "Content-Type": "application/json"}, {**owner, "Content-Type": "text/plain"}
     assert (await client.post(base, data=b"{not json", headers=as_json)).status == 400
@@ -397,8 +362,8 @@ async def test_malformed_requests(client: TestClient, make: Factory, db: asyncpg
 
 
 async def test_bad_patches_change_nothing(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service = await registered_service(client, make)
-    space, owner = await space_with(make)
+    service, _ = await register_service(client, make)
+    space, owner, _ = await space_with(make)
     inst = await (await install(client, space, owner, service_id=service["id"], config={"keep": 1},
                                 credentials={"secret_name": "v"})).json()
     url = f"{API}/spaces/{space}/installations/{inst['id']}"

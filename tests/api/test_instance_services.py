@@ -10,25 +10,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api.test_instances import new_instance, owned_space
+from tests.api.helpers import instance_in_space, instance_service_body, new_instance_service
 from tests.factories import Factory
-
-
-def service_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": "nginx", "type": "docker_container", "status": "running",
-        "service_config": {"image": "nginx:1.27"}, "management_config": {"restart": "always"},
-        "endpoints": [{"port": 80, "protocol": "http"}], "health_check_url": "http://10.0.0.12/healthz",
-    }
-    body.update(overrides)
-    return body
-
-
-async def instance_in_space(client: TestClient, make: Factory) -> tuple[UUID, dict[str, str], str]:
-    """A space, its owner's headers, and the services URL of a fresh instance in it."""
-    space, owner, _ = await owned_space(make)
-    instance = await new_instance(client, space, owner)
-    return space, owner, f"/api/v1/spaces/{space}/instances/{instance['id']}/services"
 
 
 async def service_rows(db: asyncpg.Pool, url: str) -> list[dict[str, Any]]:
@@ -37,16 +20,9 @@ async def service_rows(db: asyncpg.Pool, url: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def post(client: TestClient, url: str, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
-    response = await client.post(url, json=service_body(**overrides), headers=headers)
-    assert response.status == 201, await response.text()
-    result: dict[str, Any] = await response.json()
-    return result
-
-
 async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     _, owner, url = await instance_in_space(client, make)
-    response = await client.post(url, json=service_body(), headers=owner)
+    response = await client.post(url, json=instance_service_body(), headers=owner)
     assert response.status == 201, await response.text()
     created = await response.json()
     assert response.headers["Location"] == f"{url}/{created['id']}"
@@ -71,10 +47,10 @@ async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -
 
 async def test_unique_name_and_type(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     _, owner, url = await instance_in_space(client, make)
-    first = await post(client, url, owner)
-    await post(client, url, owner, type="systemd_service")  # same name, other type: another service
+    first = await new_instance_service(client, url, owner)
+    await new_instance_service(client, url, owner, type="systemd_service")  # same name, other type: another service
     before = await service_rows(db, url)
-    assert (await client.post(url, json=service_body(status="stopped"), headers=owner)).status == 409
+    assert (await client.post(url, json=instance_service_body(status="stopped"), headers=owner)).status == 409
     response = await client.patch(f"{url}/{first['id']}", json={"type": "systemd_service"}, headers=owner)
     assert response.status == 409
     assert await service_rows(db, url) == before
@@ -82,7 +58,7 @@ async def test_unique_name_and_type(client: TestClient, make: Factory, db: async
 
 async def test_newest_discovered_first_with_cursor(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     _, owner, url = await instance_in_space(client, make)
-    made = [await post(client, url, owner, name=f"svc-{i}") for i in range(4)]
+    made = [await new_instance_service(client, url, owner, name=f"svc-{i}") for i in range(4)]
     base = datetime(2025, 1, 1, tzinfo=timezone.utc)
     # svc-1 newest, then svc-3, then svc-0 and svc-2 discovered at the same moment (the id decides).
     for index, hours in ((0, 1), (1, 9), (2, 1), (3, 5)):
@@ -106,8 +82,8 @@ async def test_newest_discovered_first_with_cursor(client: TestClient, make: Fac
 
 async def test_discovery_sync(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     _, owner, url = await instance_in_space(client, make)
-    kept = await post(client, url, owner, name="postgres", type="systemd_service", status="running")
-    gone = await post(client, url, owner, name="redis", status="running")
+    kept = await new_instance_service(client, url, owner, name="postgres", type="systemd_service", status="running")
+    gone = await new_instance_service(client, url, owner, name="redis", status="running")
     old = datetime(2024, 6, 1, tzinfo=timezone.utc)
     await db.execute("UPDATE instance_services SET last_seen = $1, discovered_at = $1 WHERE instance_id = $2",
                      old, UUID(url.split("/")[-2]))
@@ -142,15 +118,15 @@ async def test_discovery_sync(client: TestClient, make: Factory, db: asyncpg.Poo
 
 
 @pytest.mark.parametrize(("body", "field"), [
-    ([service_body(), service_body(status="stopped")], "1.name"),
-    ([service_body(), service_body(type="bogus")], "1.type"),
-    ([service_body(management_plugin_id="3f1e0e8e-8f5e-4a3e-9a57-0a4a8f0d6b11")], "0.management_plugin_id"),
+    ([instance_service_body(), instance_service_body(status="stopped")], "1.name"),
+    ([instance_service_body(), instance_service_body(type="bogus")], "1.type"),
+    ([instance_service_body(management_plugin_id="3f1e0e8e-8f5e-4a3e-9a57-0a4a8f0d6b11")], "0.management_plugin_id"),
     ({"name": "nginx", "type": "docker_container"}, "body"),
 ])
 async def test_sync_refuses_bad_arrays(client: TestClient, make: Factory, db: asyncpg.Pool,
                                        body: Any, field: str) -> None:
     _, owner, url = await instance_in_space(client, make)
-    await post(client, url, owner, name="keep-me")
+    await new_instance_service(client, url, owner, name="keep-me")
     before = await service_rows(db, url)
     response = await client.put(url, json=body, headers=owner)
     assert response.status == 422
@@ -160,8 +136,8 @@ async def test_sync_refuses_bad_arrays(client: TestClient, make: Factory, db: as
 
 async def test_managed_filter(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     _, owner, url = await instance_in_space(client, make)
-    managed = await post(client, url, owner, name="managed")
-    await post(client, url, owner, name="unmanaged")
+    managed = await new_instance_service(client, url, owner, name="managed")
+    await new_instance_service(client, url, owner, name="unmanaged")
     plugin = await db.fetchrow(
         "INSERT INTO service_registry (name, slug, version, provider) "
         "VALUES ('Docker Manager', 'docker-manager-filter', '1.0', 'Acme') RETURNING id, name, slug")
@@ -180,12 +156,12 @@ async def test_managed_filter(client: TestClient, make: Factory, db: asyncpg.Poo
 async def test_scoping_and_authorization(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
     space_a, owner_a, url_a = await instance_in_space(client, make)
     space_b, owner_b, url_b = await instance_in_space(client, make)
-    service = await post(client, url_a, owner_a)
+    service = await new_instance_service(client, url_a, owner_a)
     instance_a = url_a.split("/")[-2]
 
     viewer = make.auth(await make.member(space_a, "viewer"))
     assert (await client.get(url_a, headers=viewer)).status == 200
-    assert (await client.post(url_a, json=service_body(name="x"), headers=viewer)).status == 403
+    assert (await client.post(url_a, json=instance_service_body(name="x"), headers=viewer)).status == 403
     assert (await client.put(url_a, json=[], headers=viewer)).status == 403
     assert (await client.patch(f"{url_a}/{service['id']}", json={"status": "error"}, headers=viewer)).status == 403
     assert (await client.delete(f"{url_a}/{service['id']}", headers=viewer)).status == 403
@@ -194,7 +170,7 @@ async def test_scoping_and_authorization(client: TestClient, make: Factory, db: 
     # A's instance under B's path, and A's service under B's instance: not found.
     foreign = f"/api/v1/spaces/{space_b}/instances/{instance_a}/services"
     assert (await client.get(foreign, headers=owner_b)).status == 404
-    assert (await client.post(foreign, json=service_body(name="x"), headers=owner_b)).status == 404
+    assert (await client.post(foreign, json=instance_service_body(name="x"), headers=owner_b)).status == 404
     assert (await client.put(foreign, json=[], headers=owner_b)).status == 404
     assert (await client.patch(f"{foreign}/{service['id']}", json={"status": "error"}, headers=owner_b)).status == 404
     assert (await client.patch(f"{url_b}/{service['id']}", json={"status": "error"}, headers=owner_b)).status == 404
@@ -229,13 +205,13 @@ BAD_BODIES = [
 async def test_bad_input_changes_nothing(client: TestClient, make: Factory, db: asyncpg.Pool,
                                          case: str, change: dict[str, Any], field: str) -> None:
     _, owner, url = await instance_in_space(client, make)
-    service = await post(client, url, owner)
+    service = await new_instance_service(client, url, owner)
     before = await service_rows(db, url)
     for method, target in (("POST", url), ("PATCH", f"{url}/{service['id']}")):
-        body = service_body(**{"name": "other", **change}) if method == "POST" else change
+        body = instance_service_body(**{"name": "other", **change}) if method == "POST" else change
         response = await client.request(method, target, json=body, headers=owner)
         assert response.status == 422, (case, method)
         assert field in [e["field"] for e in (await response.json())["errors"]]
-    response = await client.put(url, json=[service_body(**change)], headers=owner)
+    response = await client.put(url, json=[instance_service_body(**change)], headers=owner)
     assert response.status == 422
     assert await service_rows(db, url) == before

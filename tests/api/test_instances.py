@@ -13,37 +13,10 @@ from aiohttp.test_utils import TestClient
 from auth.api_keys import hash_api_key, new_api_key
 from db.encryption import associated_data
 from gateway.appkeys import KEYRING
+from tests.api.helpers import SECRET_PASSWORD, instance_body, new_instance, space_with
 from tests.factories import Factory
 
-SECRET_PASSWORD = "hunter2-" + uuid.uuid4().hex
 SECRET_TOKEN = "tok-" + uuid.uuid4().hex
-
-
-def instance_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": "build-01", "type": "vm", "host": "10.0.0.12", "port": 22,
-        "connection_type": "ssh",
-        "connection_config": {"username": "deploy", "secrets": {"password": SECRET_PASSWORD}},
-        "status": "online", "os_type": "linux", "os_version": "Debian 12",
-        "resources": {"cpu": 4, "memory": "8GiB"}, "tags": ["ci", "eu-west"],
-    }
-    body.update(overrides)
-    return body
-
-
-async def owned_space(make: Factory, role: str = "owner") -> tuple[UUID, dict[str, str], UUID]:
-    """A fresh space and the headers of a member with `role` in it (and that member's id)."""
-    space = await make.space()
-    user = await make.member(space, role)
-    return space, make.auth(user), user
-
-
-async def new_instance(client: TestClient, space: UUID, headers: dict[str, str], **overrides: Any) -> dict[str, Any]:
-    response = await client.post(f"/api/v1/spaces/{space}/instances", json=instance_body(**overrides),
-                                 headers=headers)
-    assert response.status == 201, await response.text()
-    result: dict[str, Any] = await response.json()
-    return result
 
 
 async def instance_rows(db: asyncpg.Pool, space: UUID) -> list[dict[str, Any]]:
@@ -53,7 +26,7 @@ async def instance_rows(db: asyncpg.Pool, space: UUID) -> list[dict[str, Any]]:
 
 
 async def test_create_read_list(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, owner, owner_id = await owned_space(make)
+    space, owner, owner_id = await space_with(make)
     response = await client.post(f"/api/v1/spaces/{space}/instances", json=instance_body(), headers=owner)
     assert response.status == 201, await response.text()
     created = await response.json()
@@ -72,7 +45,7 @@ async def test_create_read_list(client: TestClient, make: Factory, db: asyncpg.P
 
 
 async def test_minimal_body_takes_column_defaults(client: TestClient, make: Factory) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     response = await client.post(f"/api/v1/spaces/{space}/instances",
                                  json={"name": "k8s", "type": "kubernetes", "host": "k8s.example.com"},
                                  headers=owner)
@@ -83,7 +56,7 @@ async def test_minimal_body_takes_column_defaults(client: TestClient, make: Fact
 
 
 async def test_secrets_are_encrypted_and_never_shown(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     response = await client.post(
         f"/api/v1/spaces/{space}/instances", headers=owner,
         json=instance_body(connection_config={"user": "root", "secrets": {"password": SECRET_PASSWORD,
@@ -105,7 +78,7 @@ async def test_secrets_are_encrypted_and_never_shown(client: TestClient, make: F
 
 
 async def test_patch_changes_only_what_is_sent(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     created = await new_instance(client, space, owner)
     url = f"/api/v1/spaces/{space}/instances/{created['id']}"
     [before] = await instance_rows(db, space)
@@ -142,7 +115,7 @@ async def test_patch_changes_only_what_is_sent(client: TestClient, make: Factory
 
 
 async def test_delete_is_soft_and_hides_the_row(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     created = await new_instance(client, space, owner)
     url = f"/api/v1/spaces/{space}/instances/{created['id']}"
     assert (await client.delete(url, headers=owner)).status == 204
@@ -155,7 +128,7 @@ async def test_delete_is_soft_and_hides_the_row(client: TestClient, make: Factor
 
 
 async def test_connection_config_only_for_admins(client: TestClient, make: Factory) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     created = await new_instance(client, space, owner)
     url = f"/api/v1/spaces/{space}/instances/{created['id']}"
     for role in ("member", "viewer"):
@@ -171,8 +144,8 @@ async def test_connection_config_only_for_admins(client: TestClient, make: Facto
 
 
 async def test_authorization(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space_a, owner_a, _ = await owned_space(make)
-    space_b, owner_b, _ = await owned_space(make)
+    space_a, owner_a, _ = await space_with(make)
+    space_b, owner_b, _ = await space_with(make)
     instance = await new_instance(client, space_a, owner_a)
     url_a = f"/api/v1/spaces/{space_a}/instances"
 
@@ -215,7 +188,7 @@ async def test_api_key_caller_has_no_created_by(client: TestClient, make: Factor
 
 
 async def test_pagination(client: TestClient, make: Factory) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     ids = [(await new_instance(client, space, owner, name=f"node-{i}"))["id"] for i in range(3)]
     first = await (await client.get(f"/api/v1/spaces/{space}/instances?limit=2", headers=owner)).json()
     assert [i["id"] for i in first["items"]] == ids[:2] and first["next_cursor"]
@@ -251,7 +224,7 @@ BAD_BODIES = [
 @pytest.mark.parametrize(("case", "change", "field"), BAD_BODIES, ids=[c[0] for c in BAD_BODIES])
 async def test_bad_input_changes_nothing(client: TestClient, make: Factory, db: asyncpg.Pool,
                                          case: str, change: dict[str, Any], field: str) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     created = await new_instance(client, space, owner)
     before = await instance_rows(db, space)
 
@@ -266,7 +239,7 @@ async def test_bad_input_changes_nothing(client: TestClient, make: Factory, db: 
 
 
 async def test_malformed_and_non_json_bodies(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    space, owner, _ = await owned_space(make)
+    space, owner, _ = await space_with(make)
     url = f"/api/v1/spaces/{space}/instances"
     response = await client.post(url, data=b"{not json", headers={**owner, "Content-Type": "application/json"})
     assert response.status == 400

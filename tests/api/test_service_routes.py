@@ -8,47 +8,12 @@ from uuid import UUID
 
 import asyncpg
 import pytest
-from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
-from tests.api.test_services import service_body
+from tests.api.helpers import assert_problem, register_service, route_body
 from tests.conftest import make_settings
 from tests.factories import Factory
-
-Headers = dict[str, str]
-
-
-async def new_service(client: TestClient, make: Factory, *, approve: bool = True,
-                      **overrides: Any) -> tuple[dict[str, Any], Headers]:
-    """A service registered by a fresh vendor (its maintainer), approved unless told otherwise."""
-    vendor = make.auth(await make.user())
-    created = await client.post("/api/v1/services", json=service_body(**overrides), headers=vendor)
-    assert created.status == 201, await created.text()
-    service = await created.json()
-    if approve:
-        approved = await client.put(f"/api/v1/services/{service['id']}/status",
-                                    json={"status": "approved"}, headers=await make.admin())
-        assert approved.status == 200, await approved.text()
-    return service, vendor
-
-
-def route_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "route_path": "/reports/{id}", "method": "GET",
-        "target_url": "https://plugins.example.com/v1/reports/{id}",
-    }
-    body.update(overrides)
-    return body
-
-
-async def assert_problem(response: ClientResponse, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status == status, await response.text()
-    assert response.headers["Content-Type"] == "application/problem+json"
-    problem: dict[str, Any] = await response.json()
-    if field is not None:
-        assert field in [e["field"] for e in problem["errors"]], problem
-    return problem
 
 
 async def route_rows(db: asyncpg.Pool, service_id: str | UUID) -> list[dict[str, Any]]:
@@ -62,7 +27,7 @@ def routes_url(service: dict[str, Any]) -> str:
 
 
 async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     body = route_body(auth_type="oauth2", auth_config={"token_url": "https://auth.example.com/token"},
                       rate_limit=10, rate_limit_window=60, cache_enabled=True, cache_ttl=30,
                       options={"timeout": 12.5, "connect_timeout": 2, "max_body_bytes": 0,
@@ -98,7 +63,7 @@ async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -
 
 
 async def test_defaults_and_relative_target(client: TestClient, make: Factory) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     created = await client.post(routes_url(service), headers=vendor,
                                 json={"route_path": "/", "method": "POST", "target_url": "/"})
     assert created.status == 201, await created.text()
@@ -106,14 +71,14 @@ async def test_defaults_and_relative_target(client: TestClient, make: Factory) -
     assert route["cache_enabled"] is False and route["options"] == {} and route["auth_config"] == {}
     assert route["rate_limit"] is None and route["auth_type"] is None
 
-    bare, bare_vendor = await new_service(client, make, api_base_url=None)
+    bare, bare_vendor = await register_service(client, make, api_base_url=None)
     refused = await client.post(routes_url(bare), json=route_body(target_url="/reports/{id}"),
                                 headers=bare_vendor)
     await assert_problem(refused, 422, "target_url")
 
 
 async def test_readers_see_public_routes_without_auth_config(client: TestClient, make: Factory) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     created = await client.post(routes_url(service), headers=vendor,
                                 json=route_body(auth_type="api_key", auth_config={"header_name": "X-Key"}))
     route = await created.json()
@@ -135,7 +100,7 @@ async def test_readers_see_public_routes_without_auth_config(client: TestClient,
 
 
 async def test_pending_service_routes_only_for_maintainers(client: TestClient, make: Factory) -> None:
-    service, vendor = await new_service(client, make, approve=False)
+    service, vendor = await register_service(client, make, status="pending")
     created = await client.post(routes_url(service), json=route_body(), headers=vendor)
     assert created.status == 201, await created.text()
     route = await created.json()
@@ -150,7 +115,7 @@ async def test_pending_service_routes_only_for_maintainers(client: TestClient, m
 
 
 async def test_other_vendors_cannot_write(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     route = await (await client.post(routes_url(service), json=route_body(), headers=vendor)).json()
     before = await route_rows(db, service["id"])
 
@@ -168,8 +133,8 @@ async def test_other_vendors_cannot_write(client: TestClient, make: Factory, db:
 
 
 async def test_unknown_foreign_and_deleted(client: TestClient, make: Factory) -> None:
-    service, vendor = await new_service(client, make)
-    other, other_vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
+    other, other_vendor = await register_service(client, make)
     foreign = await (await client.post(routes_url(other), json=route_body(), headers=other_vendor)).json()
 
     for url in (f"{routes_url(service)}/{foreign['id']}", f"{routes_url(service)}/{uuid.uuid4()}",
@@ -228,14 +193,14 @@ BAD_ROUTES: list[tuple[dict[str, Any], str]] = [
 @pytest.mark.parametrize(("change", "field"), BAD_ROUTES)
 async def test_bad_input_is_refused(client: TestClient, make: Factory, db: asyncpg.Pool,
                                     change: dict[str, Any], field: str) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     response = await client.post(routes_url(service), json=route_body(**change), headers=vendor)
     await assert_problem(response, 422, field)
     assert await route_rows(db, service["id"]) == []
 
 
 async def test_missing_fields_and_malformed_json(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     problem = await assert_problem(await client.post(routes_url(service), json={}, headers=vendor), 422)
     assert {e["field"] for e in problem["errors"]} == {"route_path", "method", "target_url"}
     await assert_problem(await client.post(routes_url(service), data=b"{", headers={
@@ -244,7 +209,7 @@ async def test_missing_fields_and_malformed_json(client: TestClient, make: Facto
 
 
 async def test_duplicates_conflict(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     assert (await client.post(routes_url(service), json=route_body(), headers=vendor)).status == 201
     before = await route_rows(db, service["id"])
     await assert_problem(await client.post(routes_url(service), json=route_body(), headers=vendor), 409)
@@ -253,7 +218,7 @@ async def test_duplicates_conflict(client: TestClient, make: Factory, db: asyncp
     # Another method, or the same route on another service, is a different route.
     put = await client.post(routes_url(service), json=route_body(method="PUT"), headers=vendor)
     assert put.status == 201
-    other, other_vendor = await new_service(client, make)
+    other, other_vendor = await register_service(client, make)
     assert (await client.post(routes_url(other), json=route_body(), headers=other_vendor)).status == 201
 
     # A PATCH onto an existing (route_path, method) conflicts too, and changes nothing.
@@ -281,7 +246,7 @@ PATCHES: list[tuple[dict[str, Any], str]] = [
 @pytest.mark.parametrize(("change", "field"), PATCHES)
 async def test_patch_is_checked_on_the_merged_row(client: TestClient, make: Factory, db: asyncpg.Pool,
                                                   change: dict[str, Any], field: str) -> None:
-    service, vendor = await new_service(client, make, api_base_url=None)
+    service, vendor = await register_service(client, make, api_base_url=None)
     created = await client.post(routes_url(service), headers=vendor, json=route_body(
         rate_limit=10, rate_limit_window=60, cache_enabled=True, cache_ttl=30))
     assert created.status == 201, await created.text()
@@ -293,7 +258,7 @@ async def test_patch_is_checked_on_the_merged_row(client: TestClient, make: Fact
 
 
 async def test_patch_clearing_both_rate_fields_is_fine(client: TestClient, make: Factory) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     route = await (await client.post(routes_url(service), headers=vendor, json=route_body(
         rate_limit=10, rate_limit_window=60))).json()
     patched = await client.patch(f"{routes_url(service)}/{route['id']}", headers=vendor,
@@ -306,7 +271,7 @@ async def test_patch_clearing_both_rate_fields_is_fine(client: TestClient, make:
 
 async def test_pagination_is_stable_while_rows_are_added(client: TestClient, make: Factory,
                                                          db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
 
     async def add(n: int) -> str:
         created = await client.post(routes_url(service), json=route_body(route_path=f"/r{n}/{{id}}"),
@@ -343,7 +308,7 @@ async def test_pagination_is_stable_while_rows_are_added(client: TestClient, mak
 
 async def test_private_upstreams_are_refused(aiohttp_client: Any, client: TestClient, make: Factory,
                                              db: asyncpg.Pool, database_url: str) -> None:
-    service, vendor = await new_service(client, make)  # registered where private upstreams are allowed
+    service, vendor = await register_service(client, make)  # registered where private upstreams are allowed
     strict = await aiohttp_client(create_app(make_settings(database_url, allow_private_upstreams=False)))
     private: list[tuple[dict[str, Any], str]] = [
         ({"target_url": "http://127.0.0.1/reports/{id}"}, "target_url"),
@@ -368,7 +333,7 @@ async def test_private_upstreams_are_refused(aiohttp_client: Any, client: TestCl
 
 
 async def test_rest_parameters_and_relative_targets(client: TestClient, make: Factory) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     for target in ("https://plugins.example.com/files/{rest}", "/files/{rest:path}?v=2"):
         created = await client.post(routes_url(service), headers=vendor, json=route_body(
             route_path="/files/{rest:path}", target_url=target, method="*" if "?" in target else "GET"))

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 from aiohttp.test_utils import TestClient
 
+from tests.api.helpers import service_body
 from tests.factories import Factory
-
-
-def service_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "name": "Reports", "slug": f"reports-{uuid.uuid4().hex[:8]}", "version": "1.0.0",
-        "provider": "Acme", "category": "business-intelligence",
-        "api_base_url": "https://plugins.example.com/v1", "api_auth_type": "api_key",
-        "api_auth_config": {"header_name": "X-Acme-Key"},
-    }
-    body.update(overrides)
-    return body
 
 
 async def test_create_read_and_approve(client: TestClient, make: Factory) -> None:

@@ -10,8 +10,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.api.test_installation_routes import install
-from tests.api.test_service_routes import assert_problem, new_service
+from tests.api.helpers import assert_problem, register_service
 from tests.factories import Factory
 
 
@@ -36,7 +35,7 @@ async def component_rows(db: asyncpg.Pool, service: dict[str, Any]) -> list[dict
 
 
 async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     created = await client.post(components_url(service), json=component_body(required_permissions=["admin"]),
                                 headers=vendor)
     assert created.status == 201, await created.text()
@@ -63,7 +62,7 @@ async def test_round_trip(client: TestClient, make: Factory, db: asyncpg.Pool) -
 
 
 async def test_who_may_read_and_write(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     component = await (await client.post(components_url(service), json=component_body(), headers=vendor)).json()
     item = f"{components_url(service)}/{component['id']}"
     before = await component_rows(db, service)
@@ -77,7 +76,7 @@ async def test_who_may_read_and_write(client: TestClient, make: Factory, db: asy
     admin = await make.admin()
     assert (await client.patch(item, json={"placement": "sidebar"}, headers=admin)).status == 200
 
-    pending, pending_vendor = await new_service(client, make, approve=False)
+    pending, pending_vendor = await register_service(client, make, status="pending")
     hidden = await (await client.post(components_url(pending), json=component_body(),
                                       headers=pending_vendor)).json()
     await assert_problem(await client.get(components_url(pending), headers=other), 404)
@@ -110,7 +109,7 @@ async def test_who_may_read_and_write(client: TestClient, make: Factory, db: asy
 ])
 async def test_bad_input_is_refused(client: TestClient, make: Factory, db: asyncpg.Pool,
                                     change: dict[str, Any], field: str) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
     await assert_problem(await client.post(components_url(service), json=component_body(**change), headers=vendor),
                          422, field)
     assert await component_rows(db, service) == []
@@ -123,7 +122,7 @@ async def test_bad_input_is_refused(client: TestClient, make: Factory, db: async
 
 
 async def test_service_list_pagination(client: TestClient, make: Factory) -> None:
-    service, vendor = await new_service(client, make)
+    service, vendor = await register_service(client, make)
 
     async def add(n: int) -> str:
         created = await client.post(components_url(service), json=component_body(component_name=f"c{n}"),
@@ -167,9 +166,9 @@ async def test_space_components(client: TestClient, make: Factory, db: asyncpg.P
     admin, member = await make.member(space, "admin"), await make.member(space, "member")
     outsider = await make.member(other_space, "owner")
 
-    shown, vendor = await new_service(client, make)
-    installation = await install(db, shown["id"], space, owner)
-    other_installation = await install(db, shown["id"], other_space, outsider)
+    shown, vendor = await register_service(client, make)
+    installation = await make.installation(shown["id"], space, owner)
+    other_installation = await make.installation(shown["id"], other_space, outsider)
     ids = {
         "dash": await add_component(client, shown, vendor),
         "side": await add_component(client, shown, vendor, placement="sidebar", required_permissions=[]),
@@ -182,19 +181,19 @@ async def test_space_components(client: TestClient, make: Factory, db: asyncpg.P
 
     # Components that must not show: an uninstalled plugin, a deleted service, an inactive
     # installation, and a service that is not installed at all.
-    uninstalled, uninstalled_vendor = await new_service(client, make)
+    uninstalled, uninstalled_vendor = await register_service(client, make)
     await add_component(client, uninstalled, uninstalled_vendor)
-    gone = await install(db, uninstalled["id"], space, owner)
+    gone = await make.installation(uninstalled["id"], space, owner)
     await db.execute("UPDATE service_installations SET deleted_at = NOW() WHERE id = $1", gone)
-    deleted, deleted_vendor = await new_service(client, make)
+    deleted, deleted_vendor = await register_service(client, make)
     await add_component(client, deleted, deleted_vendor)
-    await install(db, deleted["id"], space, owner)
+    await make.installation(deleted["id"], space, owner)
     assert (await client.delete(f"/api/v1/services/{deleted['id']}", headers=deleted_vendor)).status == 204
-    inactive, inactive_vendor = await new_service(client, make)
+    inactive, inactive_vendor = await register_service(client, make)
     await add_component(client, inactive, inactive_vendor)
     await db.execute("UPDATE service_installations SET status = 'inactive' WHERE id = $1",
-                     await install(db, inactive["id"], space, owner))
-    elsewhere, elsewhere_vendor = await new_service(client, make)
+                     await make.installation(inactive["id"], space, owner))
+    elsewhere, elsewhere_vendor = await register_service(client, make)
     await add_component(client, elsewhere, elsewhere_vendor)
 
     url = f"/api/v1/spaces/{space}/ui-components"
