@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -45,3 +47,25 @@ def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[
     """
     drop = NOT_RETURNED | _connection_tokens(upstream)
     return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+
+
+# W3C Trace Context, version 00: 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, lowercase.
+TRACEPARENT: Final = "traceparent"
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+
+
+def valid_traceparent(value: str | None) -> bool:
+    """Only a well-formed version-00 traceparent with non-zero ids is passed on as sent."""
+    match = _TRACEPARENT.fullmatch(value or "")
+    return match is not None and match[1] != "0" * 32 and match[2] != "0" * 16
+
+
+def new_traceparent() -> str:
+    """A fresh trace: random trace and span ids, sampled (flags 01)."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def traceparent_for(incoming: CIMultiDictProxy[str]) -> str:
+    """The caller's traceparent when it is valid (and sent once), else a new one."""
+    sent = incoming.getall(TRACEPARENT, ())
+    return sent[0] if len(sent) == 1 and valid_traceparent(sent[0]) else new_traceparent()
