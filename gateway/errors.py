@@ -6,7 +6,8 @@ application/problem+json (RFC 9457).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -119,7 +120,7 @@ def translate(exc: BaseException) -> GatewayError | None:
     return None
 
 
-_TRANSLATIONS: dict[type[BaseException], object] = {
+_TRANSLATIONS: dict[type[BaseException], Callable[[Any], GatewayError]] = {
     db_errors.NotFound: lambda e: NotFound(str(e) or None),
     db_errors.Conflict: lambda e: Conflict(str(e) or None),
     db_errors.Invalid: lambda e: ValidationFailed([{"field": e.field, "message": e.message}]),

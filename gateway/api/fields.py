@@ -3,7 +3,6 @@ from the contract, in one place."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID

@@ -6,6 +6,10 @@ around the terminal `forward` (gateway.proxy.forward).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
 from auth.identify import identify
 from auth.principal import role_meets
 from gateway import metrics
@@ -69,4 +73,6 @@ async def rate_limit(ctx: ProxyContext) -> None:
     ctx.response_headers.update(headers)
 
 
-REQUEST_STAGES = (authenticate, authorize, route, rate_limit)
+# A stage fills in the context, raises a GatewayError, or returns an answer that ends the request.
+Stage = Callable[[ProxyContext], Awaitable[web.StreamResponse | None]]
+REQUEST_STAGES: tuple[Stage, ...] = (authenticate, authorize, route, rate_limit)

@@ -10,9 +10,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
 
 from tests.conftest import gateway_client
 from tests.factories import Factory

@@ -13,12 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
 from db.migrate import migrate
 from db.pool import create_pool
 from gateway import devservices
-from gateway.app import create_app
 from tests.conftest import gateway_client, JWT_SECRET, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, until_status

@@ -13,7 +13,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway import devservices
-from gateway.app import create_app
 from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, problem, raw_request, until_status

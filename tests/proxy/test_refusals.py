@@ -16,7 +16,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.app import create_app
 from tests.conftest import gateway_client, JWT_SECRET, make_settings
 from tests.factories import Factory
 from tests.plugins import Plugin, make_plugin, until_status

@@ -7,9 +7,8 @@ from typing import Any
 
 import asyncpg
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
 from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, until_status

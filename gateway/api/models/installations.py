@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, field_validator
 
 from gateway.api.fields import ConfigObject, Credentials, RequestModel, ResponseModel, Slug, SpaceRole
 
