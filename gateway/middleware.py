@@ -164,4 +164,4 @@ def _log_access(request: web.Request, status: int, response: web.StreamResponse 
     fields.update(request.get(ACCESS_FIELDS, {}))
     if response is not None and CACHE_STATUS_HEADER in response.headers:
         fields["cache"] = response.headers[CACHE_STATUS_HEADER]  # a HIT is set on the response only
-    access_log.info("%s %s %s", request.method, fields["route"], status, extra=fields)
+    access_log.info("%s %s %s", request.method, fields["route"] or "-", status, extra=fields)

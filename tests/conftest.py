@@ -7,7 +7,9 @@ TEMPLATE, a few milliseconds), so no test depends on another's rows.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +27,7 @@ from db.encryption import generate_key_ring_entry
 from db.migrate import migrate
 from gateway import devservices
 from gateway.app import SERVER_OPTIONS, create_app
+from gateway.logs import JsonFormatter
 from gateway.settings import Settings
 from tests.factories import Factory
 
@@ -32,6 +35,74 @@ JWT_SECRET = "test-jwt-secret-" + uuid.uuid4().hex
 ENCRYPTION_KEYS = f"{generate_key_ring_entry('t2')},{generate_key_ring_entry('t1')}"
 ASSERTION_KEY = ec.generate_private_key(ec.SECP256R1()).private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+
+# Loggers the gateway's code and its server write to, at INFO for the whole run.
+LOGGED_AT_INFO = ("gateway", "aiohttp")
+# What must never reach a log line: the shapes of the credentials tests use, and this run's keys.
+LEAK_PATTERNS: dict[str, re.Pattern[str]] = {
+    "JWT": re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"),
+    "API key": re.compile(r"pgw_[0-9a-f]{8}_[A-Za-z0-9_-]{20,}"),
+    "plugin credential": re.compile(r"secret-(?:p-[0-9a-f]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4})"),
+    "bearer token": re.compile(r"(?i)bearer\s+(?!\[redacted\])[A-Za-z0-9\-._~+/]{8,}"),
+    "PEM private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    "API test password": re.compile(r"hunter2-[0-9a-f]{32}"),  # tests/api/helpers.py:SECRET_PASSWORD
+    "JWT secret": re.compile(re.escape(JWT_SECRET)),
+    **{f"encryption key {n}": re.compile(re.escape(entry.partition(":")[2]))
+       for n, entry in enumerate(ENCRYPTION_KEYS.split(","), 1)},
+}
+
+
+def leaks_in(text: str) -> list[tuple[int, str]]:
+    """(line number, what) for each line holding a secret; the secret itself is not repeated."""
+    return [(number, name) for number, line in enumerate(text.splitlines(), 1)
+            for name, pattern in LEAK_PATTERNS.items() if pattern.search(line)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_log_file() -> Iterator[Path]:
+    """Every log record of the run, as the gateway writes it in production (JSON lines, redacted),
+    in one file: $GATEWAY_TEST_LOG, else a temporary file removed when the run is clean.
+
+    At the end the file is scanned for the test suite's secrets; a hit is an error of the run.
+    """
+    chosen = os.environ.get("GATEWAY_TEST_LOG", "")
+    if chosen:
+        path = Path(chosen)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        fd, name = tempfile.mkstemp(prefix="pgw-test-log-", suffix=".jsonl")
+        os.close(fd)
+        path = Path(name)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")  # truncated: this run only
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = {name: (logging.getLogger(name).level, logging.getLogger(name).propagate) for name in LOGGED_AT_INFO}
+    for name in LOGGED_AT_INFO:
+        logging.getLogger(name).setLevel(logging.INFO)
+        logging.getLogger(name).propagate = True
+    # Test servers keep aiohttp's own access log, which production turns off (access_log=None) and
+    # which writes the raw request line, query string included; gateway.access is the real one.
+    access = logging.getLogger("aiohttp.access")
+    access_level = access.level
+    access.setLevel(logging.WARNING)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        access.setLevel(access_level)
+        for name, (level, propagate) in previous.items():
+            logging.getLogger(name).setLevel(level)
+            logging.getLogger(name).propagate = propagate
+    leaks = leaks_in(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else []
+    if leaks:
+        raise AssertionError(f"secrets reached the test log {path}: " + ", ".join(
+            f"line {number}: {what}" for number, what in leaks[:20]))
+    if not chosen:
+        path.unlink(missing_ok=True)
 
 
 def _with_database(dsn: str, name: str) -> str:

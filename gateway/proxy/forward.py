@@ -18,9 +18,9 @@ from yarl import URL
 
 from gateway import metrics
 from gateway.errors import BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge
-from gateway.middleware import REQUEST_ID_HEADER, request_id_of
+from gateway.middleware import REQUEST_ID_HEADER, request_id_of, traceparent_of
 from gateway.proxy.context import ProxyContext
-from gateway.proxy.headers import downstream_response_headers, upstream_request_headers
+from gateway.proxy.headers import TRACEPARENT, downstream_response_headers, upstream_request_headers
 from gateway.proxy.resolver import UpstreamRefused, literal_address_refused
 from gateway.proxy.runtime import ProxyRuntime, runtime_of
 from gateway.proxy.upstream_auth import UpstreamAuthError
@@ -81,6 +81,8 @@ def _forwarded_headers(request: web.Request) -> dict[str, str]:
         "X-Forwarded-Proto": request.scheme,
         "X-Forwarded-Host": request.host,
         REQUEST_ID_HEADER: request_id_of(request),
+        # The caller's trace when it sent a valid one, else a new trace (the same one is logged).
+        TRACEPARENT: traceparent_of(request),
     }
 
 

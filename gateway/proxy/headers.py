@@ -23,7 +23,7 @@ NOT_RETURNED: Final = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length
 
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
-    tokens = set()
+    tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
         tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens

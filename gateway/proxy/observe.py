@@ -1,4 +1,6 @@
-"""observe: record each proxied request's metrics once, whatever stage answered.
+"""observe: record each proxied request's metrics once, whatever stage answered, and hand the
+proxy's fields to the request's access line (written by gateway.middleware, which alone knows
+the final status and bytes, so that a request yields exactly one line).
 
 Labels only from bounded sets: the slug and route id only once they are known to exist
 (an unknown slug is caller input), methods outside the standard set as OTHER.
@@ -7,6 +9,7 @@ Labels only from bounded sets: the slug and route id only once they are known to
 from __future__ import annotations
 
 from gateway import metrics
+from gateway.middleware import ACCESS_FIELDS, CACHE_STATUS_HEADER
 from gateway.proxy.context import ProxyContext
 
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -25,3 +28,17 @@ def observe(ctx: ProxyContext | None, method: str, status: int, seconds: float) 
         metrics.GATEWAY_DURATION.labels(service).observe(max(seconds - upstream, 0.0))
     else:
         metrics.GATEWAY_DURATION.labels(service).observe(seconds)
+    if ctx is not None:
+        _annotate_access(ctx)
+
+
+def _annotate_access(ctx: ProxyContext) -> None:
+    installation, match, upstream = ctx.installation, ctx.match, ctx.upstream_seconds
+    ctx.request[ACCESS_FIELDS] = {
+        # Known services only, as for metrics: an unknown slug is caller input.
+        "service": installation.service_slug if installation else None,
+        "route_id": str(match.route.id) if match else None,
+        "route": match.route.route_path if match else None,
+        "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
+        "cache": ctx.response_headers.get(CACHE_STATUS_HEADER),
+    }
