@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from uuid import UUID
 
+from gateway.logs import setup_logging
 from gateway.settings import ConfigError, Settings
 
 
@@ -21,12 +21,19 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.app import create_app
-
     settings.require("database_url", "encryption_keys", "assertion_key", "jwt")
     require_c_parser()
     host, port = args.host or settings.host, args.port or settings.port
-    run_server(create_app(settings), host, port)
+    workers = args.workers or settings.workers
+    if workers > 1:
+        # A master pre-forks the workers (gateway/workers.py: signals, drain, metrics). It must not
+        # import the application itself: that happens in each worker, after the fork.
+        from gateway.workers import run_master
+
+        return run_master(settings, host, port, workers)
+    from gateway.app import create_app
+
+    run_server(create_app(settings), host, port, drain_seconds=settings.drain_seconds)
     return 0
 
 
@@ -41,13 +48,30 @@ def require_c_parser() -> None:
                           "compiled wheel for this platform); refusing to serve on the pure-Python fallback")
 
 
-def run_server(app: object, host: str, port: int) -> None:
+def run_server(app: object, host: str, port: int, *, drain_seconds: float | None = None) -> None:
+    """Serve `app` in this process until SIGTERM/SIGINT, then drain: stop accepting, close idle
+    connections, let requests in flight finish (at most `drain_seconds`, by default the app's
+    GATEWAY_DRAIN_SECONDS), run the app's cleanup."""
     from aiohttp import web
 
-    from gateway.app import SERVER_OPTIONS
+    from gateway.appkeys import SETTINGS
+    from gateway.workers import serve_single
 
-    web.run_app(app, host=host, port=port, access_log=None, **SERVER_OPTIONS,  # type: ignore[arg-type]
-                print=lambda _: print(f"gateway listening on http://{host}:{port}", flush=True))
+    assert isinstance(app, web.Application)
+    if drain_seconds is None:
+        settings = app.get(SETTINGS)
+        drain_seconds = settings.drain_seconds if settings is not None else Settings().drain_seconds
+    serve_single(app, host, port, drain_seconds)
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _create_token(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the API and proxy server")
     serve.add_argument("--host", help="listen address (default: GATEWAY_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
+    serve.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="worker processes (default: GATEWAY_WORKERS). With N > 1 a master process "
+                            "holds the socket and supervises the workers: SIGHUP restarts them one at a "
+                            "time, SIGTERM/SIGINT drains them (GATEWAY_DRAIN_SECONDS) and exits")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
@@ -120,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()  # JSON lines on stderr, secrets redacted (gateway/logs.py)
     try:
         return int(args.run(args, Settings.from_env()))
     except ConfigError as exc:

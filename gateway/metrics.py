@@ -36,7 +36,12 @@ CACHE: Final = Counter(
     "gateway_cache", "Response cache lookups by outcome", ["service", "status"], registry=REGISTRY)
 DEPENDENCY_ERRORS: Final = Counter(
     "gateway_dependency_errors", "Failed calls to PostgreSQL or Redis", ["dependency"], registry=REGISTRY)
-ROUTES: Final = Gauge("gateway_route_table_routes", "Routes in the table in force", registry=REGISTRY)
+# With several workers (PROMETHEUS_MULTIPROC_DIR set, see gateway/workers.py) each process writes
+# its own values and the master merges them: counters and histograms add up; these gauges report
+# the table most recently loaded by a live worker ("livemostrecent": a worker that has not loaded
+# one yet never wins, a dead worker's value is dropped), without a pid label. One process: ignored.
+ROUTES: Final = Gauge("gateway_route_table_routes", "Routes in the table in force", registry=REGISTRY,
+                      multiprocess_mode="livemostrecent")
 ROUTES_LOADED: Final = Gauge(
     "gateway_route_table_loaded_timestamp_seconds", "When the table in force was loaded (Unix time)",
-    registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode="livemostrecent")
