@@ -130,3 +130,13 @@ SELECT pg_notify('gateway_changes', json_build_object('table', 'cache_purge', 'o
 
 async def notify_cache_purge(conn: asyncpg.Connection, service_id: UUID) -> None:
     await conn.execute(NOTIFY_CACHE_PURGE, str(service_id))
+
+
+HAS_RELATIVE_ROUTES = """
+SELECT EXISTS (SELECT 1 FROM public.service_api_routes WHERE service_id = $1 AND target_url LIKE '/%')
+"""
+
+
+async def has_relative_routes(conn: asyncpg.Connection, service_id: UUID) -> bool:
+    """Whether a route's target is a path relative to the service's api_base_url."""
+    return bool(await conn.fetchval(HAS_RELATIVE_ROUTES, service_id))

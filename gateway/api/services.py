@@ -87,9 +87,14 @@ async def patch_service(call: Call[ServicePatch, None]) -> dict[str, Any]:
     values = call.body.model_dump(exclude_unset=True)
     if {"verified", "security_audit"} & values.keys() and not principal.platform_admin:
         raise Forbidden("Only platform admins may set verified or security_audit")
-    await check_upstreams(call.request, values)
     async with transaction(call.request, principal) as conn:
         can_maintain(principal, await repo.lock_for_write(conn, call["service_id"], principal.user_id))
+        # After the rights check: a stranger must not make the gateway resolve names for them.
+        await check_upstreams(call.request, values)
+        if "api_base_url" in values and values["api_base_url"] is None \
+                and await repo.has_relative_routes(conn, call["service_id"]):
+            raise ValidationFailed([{"field": "api_base_url", "message":
+                                     "routes of this service use targets relative to it; it cannot be removed"}])
         return await repo.update_service(conn, call["service_id"], values)
 
 
