@@ -14,11 +14,12 @@ from uuid import UUID
 import orjson
 from aiohttp import web
 
+from gateway.logs import ACCESS_LOGGER
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, translate
 from gateway.proxy.headers import traceparent_for
 
 log = logging.getLogger("gateway")
-access_log = logging.getLogger("gateway.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 REQUEST_ID: Final = web.RequestKey("request_id", str)
@@ -105,6 +106,9 @@ async def _answer(request: web.Request, handler: Handler, rid: str) -> web.Strea
         if exc.status < 400:
             raise
         return problem_response(_from_http_exception(exc), rid)
+    except ConnectionResetError:
+        # The caller went away while we wrote to it: there is nobody to answer (logged as 499).
+        raise
     except Exception as exc:
         error = translate(exc)
         if error is None:
