@@ -9,14 +9,14 @@ COPY auth ./auth
 COPY db ./db
 COPY migrations ./migrations
 RUN pip install --no-cache-dir pip==24.3.1 \
- && pip wheel --no-cache-dir --wheel-dir /wheels '.[fast]'
+ && pip wheel --no-cache-dir --wheel-dir /wheels '.'
 
 # Runtime stage: no compilers, no sources, a non-root user with a fixed id.
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gateway
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels 'plugin-gateway[fast]==0.1.0' && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels 'plugin-gateway==0.1.0' && rm -rf /wheels
 USER 10001:10001
 ENV GATEWAY_HOST=0.0.0.0 PYTHONUNBUFFERED=1
 EXPOSE 8080 9180

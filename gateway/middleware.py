@@ -107,8 +107,9 @@ async def _answer(request: web.Request, handler: Handler, rid: str) -> web.Strea
             raise
         return problem_response(_from_http_exception(exc), rid)
     except ConnectionResetError:
-        # The caller went away while we wrote to it: there is nobody to answer (logged as 499).
-        raise
+        # The caller went away while we wrote to it: nobody is left to answer. A returned
+        # response lets aiohttp drop the connection quietly (a raised error logs a traceback).
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception as exc:
         error = translate(exc)
         if error is None:

@@ -53,6 +53,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from gateway import eventloop
 from gateway.settings import ConfigError, Settings
 
 log = logging.getLogger("gateway.workers")
@@ -169,7 +170,7 @@ def serve_single(app: web.Application, host: str, port: int, drain_seconds: floa
         print(f"gateway listening on http://{host}:{port}", flush=True)
 
     try:
-        asyncio.run(serve_app(app, sockets, drain_seconds, on_ready=ready))
+        eventloop.run(serve_app(app, sockets, drain_seconds, on_ready=ready))
     finally:
         _close_all(sockets)
 
@@ -491,7 +492,7 @@ def _worker_main(settings: Settings, sockets: list[socket.socket], ready_w: int,
 
     # The master alone serves /metrics (every worker's, from PROMETHEUS_MULTIPROC_DIR).
     app = create_app(dataclasses.replace(settings, metrics_port=0))
-    asyncio.run(serve_app(app, sockets, settings.drain_seconds, on_ready=ready, master_fd=master_r))
+    eventloop.run(serve_app(app, sockets, settings.drain_seconds, on_ready=ready, master_fd=master_r))
     return 0
 
 
