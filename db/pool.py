@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -78,7 +77,3 @@ class Database:
                 yield conn
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
-
-
-def record_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    return None if record is None else dict(record)
