@@ -10,6 +10,11 @@ Starts (and stops again, also on Ctrl-C or errors) everything it measures:
   gateway       `gateway serve` (one process) with the full pipeline: an approved service whose
                 route targets the upstream, installed in a space with an api_key credential,
                 called by a space member with an HS256 JWT through /spaces/{space}/plugins/{slug}
+  gateway-redis, gateway-limited, gateway-cached
+                a second `gateway serve` (one process, REDIS_URL set, its own database) with three
+                routes of the same plugin: no limit, a rate limit never reached (counted in Redis),
+                and a response cache that every measured request HITs
+  nginx-cache   a third nginx, a reverse proxy with proxy_cache answering from its cache
 Each is loaded with wrk (2 threads, 8 and 64 connections) in alternating rounds. Then the
 gateway's table grows to 10,000 routes, and (--profile) py-spy records where its time goes.
 See bench/README.md. Results are printed and written to bench/RESULTS.md.
@@ -79,6 +84,18 @@ TARGET_ROUTES = 1 + EXTRA_SERVICES * EXTRA_ROUTES_PER_SERVICE + EXTRA_ROUTES_SAM
 GOAL_RATIO_BARE = 0.75
 GOAL_P99_MS_AT_8 = 3.0
 GOAL_10K_COST = 0.05
+# The Redis-backed gateway (rate limiter and response cache targets).
+LIMITED_ROUTE = "/limited/{id}"        # rate_limit BENCH_RATE_LIMIT per BENCH_RATE_WINDOW s: never reached
+CACHED_ROUTE = "/cached/{id}"          # cache_enabled, cache_ttl BENCH_CACHE_TTL: every measured request HITs
+BENCH_RATE_LIMIT = 1_000_000_000
+BENCH_RATE_WINDOW = 3600
+BENCH_CACHE_TTL = 3600
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
+DEFAULT_REDIS_DB = 7
+GOAL_LIMITER_COST = 0.10
+GOAL_CACHE_VS_BARE = 1.5
+# The table "Throughput and latency" and its ratios: the issue-3 figure, unchanged.
+MAIN_TARGETS = ("upstream", "nginx-proxy", "bare-aiohttp", "gateway")
 
 
 def log(message: str) -> None:
@@ -270,6 +287,27 @@ NGINX_PROXY = """\
     }}"""
 
 
+NGINX_CACHE = """\
+    proxy_cache_path {prefix}/cache levels=1:2 keys_zone=bench:10m max_size=64m inactive=2h use_temp_path=off;
+    upstream plugin {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://plugin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }}
+    }}"""
+
+
 def start_nginx(procs: Processes, name: str, prefix: Path, body: str) -> subprocess.Popen[bytes]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
@@ -318,6 +356,7 @@ class Seed:
     space: str = ""
     service_id: str = ""
     installation_id: str = ""
+    routes: dict[str, str] = field(default_factory=dict)  # route_path → route id
 
 
 async def seed_host_rows(dsn: str) -> Seed:
@@ -338,9 +377,11 @@ async def seed_host_rows(dsn: str) -> Seed:
         await conn.close()
 
 
-async def register_through_api(base: str, secret: str, seed: Seed, upstream: str) -> None:
+async def register_through_api(base: str, secret: str, seed: Seed, upstream: str,
+                               extra_routes: tuple[dict[str, Any], ...] = ()) -> None:
     """Vendor registers the plugin and its route, a platform admin approves it, the space owner
-    installs it with an api_key credential: the same calls as tests/e2e/test_proxy_flow.py."""
+    installs it with an api_key credential: the same calls as tests/e2e/test_proxy_flow.py.
+    `extra_routes`: more routes of the same plugin (bodies of POST .../routes), registered alike."""
     def auth(user: str, admin: bool = False) -> dict[str, str]:
         token = issue_token(secret, user, roles=["platform_admin"] if admin else None, lifetime_seconds=3600)
         return {"Authorization": f"Bearer {token}"}
@@ -358,8 +399,10 @@ async def register_through_api(base: str, secret: str, seed: Seed, upstream: str
             "api_base_url": upstream + "/v1", "api_auth_type": "api_key",
             "api_auth_config": {"header_name": "X-Plugin-Key"}}, 201)
         seed.service_id = service["id"]
-        await call("POST", f"/api/v1/services/{seed.service_id}/routes", auth(seed.vendor),
-                   {"route_path": "/reports/{id}", "method": "GET", "target_url": "/reports/{id}"}, 201)
+        for route in ({"route_path": "/reports/{id}", "method": "GET", "target_url": "/reports/{id}"},
+                      *extra_routes):
+            created = await call("POST", f"/api/v1/services/{seed.service_id}/routes", auth(seed.vendor), route, 201)
+            seed.routes[route["route_path"]] = created["id"]
         await call("PUT", f"/api/v1/services/{seed.service_id}/status", auth(seed.admin, admin=True),
                    {"status": "approved"}, 200)
         installation = await call("POST", f"/api/v1/spaces/{seed.space}/installations", auth(seed.owner),
@@ -473,6 +516,121 @@ def readyz(base: str) -> dict[str, Any]:
         return json.loads(exc.read())
 
 
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lower-case names, body)."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+# ----------------------------------------------------------------------------- Redis
+
+class BenchRedis:
+    """The Redis database the Redis-backed gateway uses. The run refuses a database that holds
+    any key when it starts (someone else's), and at the end deletes the keys the gateway made
+    there (prefix `pgw:`) and nothing else. Redis itself is never started or stopped here."""
+
+    PREFIX = "pgw:"
+
+    def __init__(self, base_url: str, db: int) -> None:
+        import redis
+
+        parts = urlsplit(base_url)
+        self.url = urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, ""))
+        self.display = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
+                                   f"/{db}", "", "")) if parts.hostname else self.url
+        self.db = db
+        self.client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        self.used = False  # set once the database was found empty: only then is cleanup ours to do
+
+    def claim(self) -> None:
+        import redis
+
+        try:
+            size = int(self.client.dbsize())
+        except redis.RedisError as exc:
+            raise RuntimeError(f"Redis at {self.display} does not answer ({exc}); start it, pick another with "
+                               "--redis, or leave the limiter and cache targets out with --skip-redis") from None
+        if size:
+            raise RuntimeError(f"Redis database {self.db} holds {size} keys that are not this run's: pick an "
+                               "empty one with --redis-db N")
+        self.used = True
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.client.info("server")) | dict(self.client.info("cpu"))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the whole Redis server (all its threads), from INFO."""
+        cpu = self.client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    def keys(self, pattern: str) -> list[bytes]:
+        return list(self.client.scan_iter(match=pattern, count=1000))
+
+    def counter_total(self) -> int:
+        """The sum of the rate limiter's window counters (pgw:rl:*)."""
+        keys = self.keys(self.PREFIX + "rl:*")
+        return sum(int(v) for v in self.client.mget(keys) if v is not None) if keys else 0
+
+    def cleanup(self) -> int:
+        """Delete this run's keys (prefix pgw:) in this database; returns how many."""
+        if not self.used:
+            return 0
+        deleted = 0
+        keys = self.keys(self.PREFIX + "*")
+        for start in range(0, len(keys), 500):
+            deleted += int(self.client.delete(*keys[start:start + 500]))
+        return deleted
+
+    def close(self) -> None:
+        self.client.close()
+
+
+METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def scrape_metrics(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The samples of some metric families from a Prometheus text page, by `name{labels}`."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        match = METRIC_LINE.match(line)
+        if match and match.group(1).startswith(names):
+            try:
+                found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+            except ValueError:
+                pass
+    return found
+
+
+def sum_metric(samples: dict[str, float], name: str, *label_parts: str) -> float:
+    """Sum of the samples of `name` whose labels contain every one of `label_parts`."""
+    total = 0.0
+    for key, value in samples.items():
+        base, _, labels = key.partition("{")
+        if base == name and all(part in labels for part in label_parts):
+            total += value
+    return total
+
+
+# The Redis-backed gateway's targets: one process, three routes of the same plugin.
+REDIS_TARGETS = {
+    "gateway-redis": "gateway + Redis, route without limit",
+    "gateway-limited": "gateway + Redis, rate-limited route (limit never reached)",
+    "gateway-cached": "gateway + Redis, cached route (HIT)",
+}
+# The gateway's counters read around each run of a Redis-backed target.
+GATEWAY_COUNTERS = ("gateway_rate_limit_fallback_total", "gateway_rate_limited_total",
+                    "gateway_dependency_errors_total", "gateway_cache_total", "gateway_requests_total")
+
+
 # ----------------------------------------------------------------------------- wrk
 
 WRK_DONE = r"""
@@ -501,6 +659,8 @@ class Target:
     script: Path
     server_pids: Callable[[], list[int]]
     upstream_pids: Callable[[], list[int]] | None = None
+    redis_cpu: Callable[[], float] | None = None  # the Redis server's CPU seconds so far (INFO cpu)
+    counters: Callable[[], dict[str, float]] | None = None  # read before and after the run, not timed
 
 
 @dataclass
@@ -522,6 +682,9 @@ class Run:
     other_cpu: float
     wall: float
     server_sys: float = 0.0
+    redis_cpu: float = 0.0
+    counters: dict[str, float] = field(default_factory=dict)  # the target's counters: after − before
+    round: int = 0
 
     @property
     def server_sys_share(self) -> float:
@@ -543,6 +706,8 @@ def run_wrk(target: Target, connections: int, duration: int, phase: str, *, quie
                "--timeout", "5s", "-s", str(target.script), target.url]
     server = target.server_pids()
     upstream = target.upstream_pids() if target.upstream_pids else []
+    counters_before = target.counters() if target.counters else {}
+    redis_before = target.redis_cpu() if target.redis_cpu else 0.0
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before, upstream_before = cpu_split(server), cpu_seconds(upstream)
     busy_before, wall_before = machine_busy_seconds(), time.monotonic()
@@ -556,6 +721,10 @@ def run_wrk(target: Target, connections: int, duration: int, phase: str, *, quie
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (children_after.ru_utime + children_after.ru_stime
                - children_before.ru_utime - children_before.ru_stime)
+    redis_cpu = target.redis_cpu() - redis_before if target.redis_cpu else 0.0
+    counters_after = target.counters() if target.counters else {}
+    counters = {key: value - counters_before.get(key, 0.0) for key, value in counters_after.items()
+                if value != counters_before.get(key, 0.0)}
     found = re.search(r"^BENCH_JSON (.*)$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or found is None:
         raise RuntimeError(f"wrk failed ({done.returncode}) on {target.url}:\n{done.stdout}\n{done.stderr}")
@@ -567,11 +736,16 @@ def run_wrk(target: Target, connections: int, duration: int, phase: str, *, quie
               p50_ms=data["p50_us"] / 1000, p90_ms=data["p90_us"] / 1000, p99_ms=data["p99_us"] / 1000,
               max_ms=data["max_us"] / 1000, requests=int(data["requests"]), errors=errors,
               non_2xx=int(data["status"]), server_cpu=server_cpu, upstream_cpu=upstream_cpu, wrk_cpu=wrk_cpu,
-              other_cpu=max(0.0, busy - server_cpu - upstream_cpu - wrk_cpu), wall=wall, server_sys=server_sys)
+              other_cpu=max(0.0, busy - server_cpu - upstream_cpu - wrk_cpu - redis_cpu), wall=wall,
+              server_sys=server_sys, redis_cpu=redis_cpu, counters=counters)
     if not quiet:
         flag = "" if not (errors or run.non_2xx) else f"  !! {errors} socket errors, {run.non_2xx} non-2xx"
-        log(f"  {target.key:<13} c={connections:<3} {run.rps:>9,.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
-            f"p99 {run.p99_ms:6.2f} ms  cpu {server_cpu:5.2f}s (+upstream {upstream_cpu:4.2f}s, "
+        extra = f", redis {redis_cpu:4.2f}s" if target.redis_cpu else ""
+        fallbacks = sum_metric(counters, "gateway_rate_limit_fallback_total")
+        if fallbacks:
+            flag += f"  !! {fallbacks:,.0f} rate-limit decisions without Redis"
+        log(f"  {target.key:<15} c={connections:<3} {run.rps:>9,.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+            f"p99 {run.p99_ms:6.2f} ms  cpu {server_cpu:5.2f}s (+upstream {upstream_cpu:4.2f}s{extra}, "
             f"other {run.other_cpu:4.2f}s){flag}")
     return run
 
@@ -602,6 +776,23 @@ PIPELINE_FRAMES = [
     ("observe", "gateway/proxy/observe.py", "observe (metrics)", 2),
 ]
 OWN_CODE = ("gateway/", "auth/", "routing/", "db/")
+# (function name, file suffix, label): the limiter's and the cache's parts, for the Redis-backed gateway.
+LIMITER_CACHE_FRAMES = [
+    ("handle_proxy", "gateway/proxy/pipeline.py", "handle_proxy (the whole pipeline)"),
+    ("authenticate", "gateway/proxy/stages.py", "authenticate"),
+    ("rate_limit", "gateway/proxy/stages.py", "rate_limit stage (waits for Redis's count)"),
+    ("RateLimiter.check", "gateway/proxy/ratelimit.py", "RateLimiter.check"),
+    ("Decision.headers", "gateway/proxy/ratelimit.py", "Decision.headers (the RateLimit headers)"),
+    ("_IncrBatcher._send", "gateway/proxy/ratelimit.py", "_IncrBatcher._send (the pipeline to Redis, its own task)"),
+    ("Pipeline.execute", "redis/asyncio/client.py", "redis-py Pipeline.execute"),
+    ("cached", "gateway/proxy/caching.py", "cached (the cache stage)"),
+    ("cache_key", "gateway/proxy/cache.py", "cache_key"),
+    ("ResponseCache.get", "gateway/proxy/cache.py", "ResponseCache.get"),
+    ("_serve", "gateway/proxy/caching.py", "_serve (the stored answer out)"),
+    ("forward", "gateway/proxy/forward.py", "forward (the upstream call)"),
+    ("_log_access", "gateway/middleware.py", "_log_access (the access-log line)"),
+    ("observe", "gateway/proxy/observe.py", "observe (metrics)"),
+]
 
 
 def _frame_parts(frame: str) -> tuple[str, str]:
@@ -631,7 +822,7 @@ def _component(path: str) -> str:
     if parts[0] in ("auth", "routing", "db"):
         return parts[0]
     for lib in ("yarl", "multidict", "jwt", "cachetools", "cryptography", "asyncpg", "propcache",
-                "prometheus_client"):
+                "prometheus_client", "redis"):
         if lib in parts:
             return lib
     if name == "__init__.py" and len(parts) > 1:
@@ -698,7 +889,8 @@ def summarize_profile(raw: Path) -> dict[str, Any]:
            if _frame_parts(f)[1].startswith(OWN_CODE) and c < 0.99 * max(1, total)]
     return {"total": total, "self": self_time.most_common(25), "inclusive": inclusive.most_common(60),
             "components": components.most_common(), "pipeline": pipeline, "own": own[:25],
-            "gc": gc_samples, "native": native.most_common(12)}
+            "gc": gc_samples, "native": native.most_common(12),
+            "parts": {label: inclusive_of(name, suffix) for name, suffix, label in LIMITER_CACHE_FRAMES}}
 
 
 def py_spy_binary() -> str:
@@ -779,8 +971,11 @@ class Bench:
     profile: Profile | None = None
     bare_profile: Profile | None = None
     profile_10k: Profile | None = None
+    redis_profiles: dict[str, Profile] = field(default_factory=dict)  # gateway-redis, -limited, -cached
     local_pg: Any = None
-    bench_db: tuple[str, str] | None = None  # (admin dsn, name) to drop at the end
+    admin_dsn: str = ""
+    bench_dbs: list[str] = field(default_factory=list)  # databases made by this run, dropped at the end
+    redis: BenchRedis | None = None
 
     # -- services
 
@@ -811,8 +1006,28 @@ class Bench:
                   ok=lambda s, b: s == 200 and b == UPSTREAM_BODY.encode())
         return port, proc
 
-    def database(self) -> str:
-        name = f"gateway_bench_{os.getpid()}"
+    def start_nginx_cache(self, upstream_port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        port = free_port()
+        prefix = self.tmp / "nginx-cache"
+        proc = start_nginx(self.procs, "nginx proxy_cache", prefix,
+                           NGINX_CACHE.format(port=port, upstream_port=upstream_port, prefix=prefix))
+        url = f"http://127.0.0.1:{port}{UPSTREAM_PATH}"
+        wait_http(url, proc, prefix / "error.log", ok=lambda s, b: s == 200 and b == UPSTREAM_BODY.encode())
+        status, headers, body = http_get(url)
+        if status != 200 or body != UPSTREAM_BODY.encode() or headers.get("x-cache-status") != "HIT":
+            raise RuntimeError(f"nginx proxy_cache does not answer from its cache: {status} "
+                               f"X-Cache-Status {headers.get('x-cache-status')!r} {body[:200]!r}")
+        return port, proc
+
+    def database(self, suffix: str = "") -> str:
+        """A fresh, migrated database (on DATABASE_URL's server or a throwaway cluster)."""
+        name = f"gateway_bench_{os.getpid()}{suffix}"
+        if self.admin_dsn:
+            asyncio.run(create_database(self.admin_dsn, name))
+            self.bench_dbs.append(name)
+            dsn = with_database(self.admin_dsn, name)
+            asyncio.run(migrate(dsn))
+            return dsn
         admin = database_url_answers()
         if admin:
             log(f"using DATABASE_URL's server, fresh database {name}")
@@ -827,14 +1042,17 @@ class Bench:
                                                       devservices._unprivileged_user())
             self.local_pg.start()
             admin = self.local_pg.dsn
+        self.admin_dsn = admin
         asyncio.run(create_database(admin, name))
-        self.bench_db = (admin, name)
+        self.bench_dbs.append(name)
         dsn = with_database(admin, name)
         asyncio.run(migrate(dsn))
         return dsn
 
-    def start_gateway(self, dsn: str, secret: str) -> tuple[int, subprocess.Popen[bytes]]:
-        port = free_port()
+    def start_gateway(self, dsn: str, secret: str, name: str = "gateway",
+                      extra_env: dict[str, str] | None = None) -> tuple[int, subprocess.Popen[bytes], int]:
+        """`gateway serve`, one process; returns (port, process, metrics port)."""
+        port, metrics_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("GATEWAY_") and k not in ("REDIS_URL", "DATABASE_URL")}
         env.update({
@@ -845,18 +1063,19 @@ class Bench:
             "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "true",
             "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_PORT": str(port),
-            "GATEWAY_METRICS_PORT": str(free_port()),
+            "GATEWAY_METRICS_PORT": str(metrics_port),
             "GATEWAY_WORKERS": "1",
             "GATEWAY_DRAIN_SECONDS": "5",  # a quick stop at the end; nothing is in flight then
         })
+        env.update(extra_env or {})
         gateway_cli = Path(sys.executable).parent / "gateway"
         command = ([str(gateway_cli), "serve"] if gateway_cli.exists()
                    else [sys.executable, "-m", "gateway.cli", "serve"])
-        log_path = self.tmp / "gateway.log"
+        log_path = self.tmp / f"{name}.log"
         # cwd: an empty directory, so no stray .env fills in settings.
-        proc = self.procs.start("gateway", command, log_path, cwd=self.tmp / "gateway-cwd", env=env)
+        proc = self.procs.start(name, command, log_path, cwd=self.tmp / "gateway-cwd", env=env)
         wait_http(f"http://127.0.0.1:{port}/readyz", proc, log_path, within=60, ok=lambda s, b: s == 200)
-        return port, proc
+        return port, proc, metrics_port
 
     # -- phases
 
@@ -867,7 +1086,9 @@ class Bench:
             log(f"{phase} round {number + 1}/{rounds}")
             for conns in connections:
                 for target in order:
-                    self.runs.append(run_wrk(target, conns, self.args.duration, phase))
+                    run = run_wrk(target, conns, self.args.duration, phase)
+                    run.round = number
+                    self.runs.append(run)
 
     def main(self) -> None:
         args = self.args
@@ -886,7 +1107,7 @@ class Bench:
         dsn = self.database()
         secret = os.urandom(24).hex()
         seed = asyncio.run(seed_host_rows(dsn))
-        gw_port, gw_proc = self.start_gateway(dsn, secret)
+        gw_port, gw_proc, _ = self.start_gateway(dsn, secret)
         gateway = f"http://127.0.0.1:{gw_port}"
         log(f"gateway on {gw_port} (pid {gw_proc.pid})")
         asyncio.run(register_through_api(gateway, secret, seed, upstream))
@@ -897,19 +1118,7 @@ class Bench:
             return status == 200 and body == UPSTREAM_BODY.encode()
 
         request = urllib.request.Request(gateway + plugin_path, headers={"Authorization": f"Bearer {member_token}"})
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    status, body = response.status, response.read()
-            except urllib.error.HTTPError as exc:
-                status, body = exc.code, exc.read()
-            if gateway_answers(status, body):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway does not proxy the plugin: {status} {body[:500]!r}\n"
-                                   f"{tail(self.tmp / 'gateway.log')}")
-            time.sleep(0.05)
+        self.wait_proxied(gateway + plugin_path, member_token, "gateway")
         log(f"member call through the gateway answers 200 ({plugin_path})")
 
         def tree(proc: subprocess.Popen[bytes]) -> Callable[[], list[int]]:
@@ -929,6 +1138,9 @@ class Bench:
             Target("gateway", "gateway (1 process, full pipeline)", gateway + plugin_path, authed,
                    tree(gw_proc), upstream_tree),
         ]
+        if not args.skip_redis:
+            targets += self.redis_targets(upstream, upstream_port, secret, scripts, tree, upstream_tree)
+        by_key = {t.key: t for t in targets}
         self.facts["targets"] = {t.key: t.label for t in targets}
         self.facts["gateway_pid"] = gw_proc.pid
 
@@ -945,7 +1157,15 @@ class Bench:
             # the temporary directory (see --keep), so it never replaces the one RESULTS.md refers to.
             svg = Path(args.output).with_name("profile.svg") if args.output else self.tmp / "profile.svg"
             self.profile, self.bare_profile = profile_targets(
-                targets[3], gw_proc.pid, targets[2], bare_proc.pid, args.duration, svg, self.tmp)
+                by_key["gateway"], gw_proc.pid, by_key["bare-aiohttp"], bare_proc.pid, args.duration, svg, self.tmp)
+
+        if args.profile and self.redis is not None:
+            log("profiling the Redis-backed gateway (raw): route without limit, limited route, cached route")
+            for key in REDIS_TARGETS:
+                self.redis_profiles[key] = profile_gateway_raw(by_key[key], self.facts["gateway_redis_pid"],
+                                                               args.duration, self.tmp, f"{key}.raw")
+        if self.redis is not None:
+            self.facts["redis_after_rounds"] = self.redis_facts()
 
         if not args.skip_10k:
             log(f"inserting {TARGET_ROUTES - 1:,} more routes straight into PostgreSQL")
@@ -969,27 +1189,154 @@ class Bench:
             with urllib.request.urlopen(request, timeout=5) as response:
                 assert gateway_answers(response.status, response.read()), "gateway broke after the reload"
             time.sleep(1.0)
-            run_wrk(targets[3], 64, min(3, args.duration), "warmup", quiet=True)
-            self.rounds([targets[2], targets[3]], [64], args.rounds, "10k")
+            run_wrk(by_key["gateway"], 64, min(3, args.duration), "warmup", quiet=True)
+            self.rounds([by_key["bare-aiohttp"], by_key["gateway"]], [64], args.rounds, "10k")
             self.facts["gc_probe"] = gc_probe(dsn)
             if args.profile:
                 log("profiling the gateway with 10,000 routes (raw)")
-                self.profile_10k = profile_gateway_raw(targets[3], gw_proc.pid, args.duration, self.tmp, "gw10k.raw")
+                self.profile_10k = profile_gateway_raw(by_key["gateway"], gw_proc.pid, args.duration, self.tmp,
+                                                       "gw10k.raw")
         self.facts["gateway_log"] = scan_gateway_log(self.tmp / "gateway.log", RUN_ENDS.get("gateway", []))
+        if self.redis is not None:
+            self.facts["gateway_redis_log"] = scan_gateway_log(
+                self.tmp / "gateway-redis.log",
+                sorted(end for key in REDIS_TARGETS for end in RUN_ENDS.get(key, [])))
+
+    def wait_proxied(self, url: str, token: str, name: str, within: float = 10.0) -> dict[str, str]:
+        """Polls until the gateway proxies `url` for the caller (its route table may still be
+        reloading after the registration); returns the answer's headers."""
+        deadline = time.monotonic() + within
+        while True:
+            status, headers, body = http_get(url, {"Authorization": f"Bearer {token}"})
+            if status == 200 and body == UPSTREAM_BODY.encode():
+                return headers
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} does not proxy {url}: {status} {body[:500]!r}\n"
+                                   f"{tail(self.tmp / f'{name}.log')}")
+            time.sleep(0.05)
+
+    def redis_targets(self, upstream: str, upstream_port: int, secret: str, scripts: Path,
+                      tree: Callable[[subprocess.Popen[bytes]], Callable[[], list[int]]],
+                      upstream_tree: Callable[[], list[int]]) -> list[Target]:
+        """The second gateway (REDIS_URL set, its own database so the first one's table stays at one
+        route) with a route without limit, a rate-limited route and a cached route of the same plugin,
+        and nginx with proxy_cache. Checks that the limiter counts in Redis and that the cache HITs."""
+        args = self.args
+        self.redis = BenchRedis(args.redis, args.redis_db)
+        self.redis.claim()
+        log(f"Redis {self.redis.display}: empty, used by the Redis-backed gateway")
+        dsn = self.database("_redis")
+        seed = asyncio.run(seed_host_rows(dsn))
+        port, proc, metrics_port = self.start_gateway(dsn, secret, "gateway-redis", {
+            "REDIS_URL": self.redis.url, "GATEWAY_REDIS_TIMEOUT": f"{args.redis_timeout:g}"})
+        self.facts["gateway_redis_pid"] = proc.pid
+        base = f"http://127.0.0.1:{port}"
+        log(f"Redis-backed gateway on {port} (pid {proc.pid})")
+        asyncio.run(register_through_api(base, secret, seed, upstream, extra_routes=(
+            {"route_path": LIMITED_ROUTE, "method": "GET", "target_url": "/reports/{id}",
+             "rate_limit": BENCH_RATE_LIMIT, "rate_limit_window": BENCH_RATE_WINDOW},
+            {"route_path": CACHED_ROUTE, "method": "GET", "target_url": "/reports/{id}",
+             "cache_enabled": True, "cache_ttl": BENCH_CACHE_TTL},
+        )))
+        token = issue_token(secret, seed.member, lifetime_seconds=24 * 3600)
+        prefix = f"/spaces/{seed.space}/plugins/{PLUGIN_SLUG}"
+        paths = {"gateway-redis": f"{prefix}/reports/42", "gateway-limited": f"{prefix}/limited/42",
+                 "gateway-cached": f"{prefix}/cached/42"}
+        for path in paths.values():
+            self.wait_proxied(base + path, token, "gateway-redis")
+        health = readyz(base)
+        if health.get("redis") not in (None, "up"):
+            raise RuntimeError(f"the Redis-backed gateway reports Redis {health.get('redis')!r}: {health}")
+
+        # The limiter counts in Redis: two calls, Remaining drops by one, the window's key holds the count.
+        auth = {"Authorization": f"Bearer {token}"}
+        first = http_get(base + paths["gateway-limited"], auth)[1]
+        second = http_get(base + paths["gateway-limited"], auth)[1]
+        keys = self.redis.keys(BenchRedis.PREFIX + "rl:*")
+        limiter = {"limit": second.get("ratelimit-limit"), "policy": second.get("ratelimit-policy"),
+                   "remaining": [first.get("ratelimit-remaining"), second.get("ratelimit-remaining")],
+                   "redis_keys": len(keys), "redis_count": self.redis.counter_total()}
+        if (limiter["limit"] != str(BENCH_RATE_LIMIT) or len(keys) != 1
+                or int(first.get("ratelimit-remaining", -1)) - int(second.get("ratelimit-remaining", -1)) != 1
+                or BENCH_RATE_LIMIT - int(second["ratelimit-remaining"]) != limiter["redis_count"]):
+            raise RuntimeError(f"the rate limiter does not count in Redis as expected: {limiter}")
+        log(f"limited route: RateLimit-Limit {limiter['limit']}, Remaining {limiter['remaining'][0]} → "
+            f"{limiter['remaining'][1]}, Redis key count {limiter['redis_count']}")
+        # The cache: the polling above stored the answer (MISS); the same caller and request now HIT.
+        deadline = time.monotonic() + 2  # the MISS stores its answer right after streaming it
+        while (sample := http_get(base + paths["gateway-cached"], auth)[1]).get("x-cache-status") != "HIT":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        cache = {"status": sample.get("x-cache-status"), "age": sample.get("age"),
+                 "redis_entries": len(self.redis.keys(BenchRedis.PREFIX + "c:*"))}
+        if cache["status"] != "HIT":
+            raise RuntimeError(f"the gateway's cached route does not HIT: {sample}")
+        log(f"cached route: X-Cache-Status {cache['status']} (Age {cache['age']}), "
+            f"{cache['redis_entries']} entry in Redis")
+        self.facts["redis_checks"] = {"limiter": limiter, "cache": cache, "readyz_redis": health.get("redis"),
+                                      "url": self.redis.display, "routes": seed.routes,
+                                      "server": {k: self.redis.info().get(k) for k in ("redis_version",
+                                                                                        "process_id")}}
+
+        cache_port, cache_proc = self.start_nginx_cache(upstream_port)
+        log(f"nginx proxy_cache on {cache_port} (pid {cache_proc.pid}), answering HIT")
+        script = write_wrk_script(scripts / "gateway-redis.lua", auth)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.facts["redis_metrics_url"] = metrics_url
+
+        def counters() -> dict[str, float]:
+            return scrape_metrics(metrics_url, GATEWAY_COUNTERS)
+
+        redis_cpu = self.redis.cpu_seconds
+        return [
+            Target("gateway-redis", REDIS_TARGETS["gateway-redis"], base + paths["gateway-redis"], script,
+                   tree(proc), upstream_tree, redis_cpu, counters),
+            Target("gateway-limited", REDIS_TARGETS["gateway-limited"], base + paths["gateway-limited"], script,
+                   tree(proc), upstream_tree, redis_cpu, counters),
+            Target("gateway-cached", REDIS_TARGETS["gateway-cached"], base + paths["gateway-cached"], script,
+                   tree(proc), upstream_tree, redis_cpu, counters),
+            Target("nginx-cache", "nginx reverse proxy with proxy_cache (HIT)",
+                   f"http://127.0.0.1:{cache_port}{UPSTREAM_PATH}", scripts / "plain.lua", tree(cache_proc),
+                   upstream_tree),
+        ]
+
+    def redis_facts(self) -> dict[str, Any]:
+        """After the rounds: what Redis counted for the limited route, and what the gateway answered."""
+        assert self.redis is not None
+        samples = scrape_metrics(self.facts["redis_metrics_url"], GATEWAY_COUNTERS)
+        route_id = self.facts["redis_checks"]["routes"].get(LIMITED_ROUTE, "?")
+        return {"redis_count": self.redis.counter_total(),
+                "answered": sum_metric(samples, "gateway_requests_total", f'route="{route_id}"'),
+                "fallbacks": sum_metric(samples, "gateway_rate_limit_fallback_total"),
+                "redis_errors": sum_metric(samples, "gateway_dependency_errors_total", 'dependency="redis"'),
+                "cache": {status: sum_metric(samples, "gateway_cache_total", f'status="{status}"')
+                          for status in ("hit", "miss", "bypass")}}
 
     def cleanup(self) -> None:
         if self.args.keep:
             keep = Path(self.args.keep)
             keep.mkdir(parents=True, exist_ok=True)
-            for artifact in [*self.tmp.glob("*.raw"), self.tmp / "gateway.log", self.tmp / "profile.svg"]:
+            for artifact in [*self.tmp.glob("*.raw"), self.tmp / "gateway.log", self.tmp / "gateway-redis.log",
+                             self.tmp / "profile.svg"]:
                 if artifact.exists():
                     shutil.copy(artifact, keep / artifact.name)
         self.procs.stop_all()
-        if self.bench_db is not None and self.local_pg is None:
+        if self.redis is not None:  # after the gateway stopped: nothing writes there any more
             try:
-                asyncio.run(drop_database(*self.bench_db))
+                deleted = self.redis.cleanup()
+                if self.redis.used:
+                    log(f"deleted this run's {deleted} keys (pgw:*) from Redis {self.redis.display}")
             except Exception as exc:  # noqa: BLE001
-                log(f"could not drop database {self.bench_db[1]}: {exc}")
+                log(f"could not delete this run's keys from Redis {self.redis.display}: {exc}")
+            finally:
+                self.redis.close()
+        if self.local_pg is None:
+            for name in self.bench_dbs:
+                try:
+                    asyncio.run(drop_database(self.admin_dsn, name))
+                except Exception as exc:  # noqa: BLE001
+                    log(f"could not drop database {name}: {exc}")
         if self.local_pg is not None:
             self.local_pg.stop()
             log("throwaway PostgreSQL stopped")
@@ -1018,8 +1365,27 @@ def summary_rows(runs: list[Run], phase: str) -> dict[tuple[str, int], dict[str,
             "other_cpu": median([r.other_cpu for r in group]),
             "errors": sum(r.errors for r in group), "non_2xx": sum(r.non_2xx for r in group),
             "n": len(group),
+            "requests": sum(r.requests for r in group),
+            "redis_cpu": median([r.redis_cpu for r in group]),
+            "redis_us_per_req": median([r.redis_cpu / max(1, r.requests) * 1e6 for r in group]),
+            "fallbacks": sum(sum_metric(r.counters, "gateway_rate_limit_fallback_total") for r in group),
+            "redis_errors": sum(sum_metric(r.counters, "gateway_dependency_errors_total", 'dependency="redis"')
+                                for r in group),
+            "limited": sum(sum_metric(r.counters, "gateway_rate_limited_total") for r in group),
+            "hit": sum(sum_metric(r.counters, "gateway_cache_total", 'status="hit"') for r in group),
+            "miss": sum(sum_metric(r.counters, "gateway_cache_total", 'status="miss"') for r in group),
+            "bypass": sum(sum_metric(r.counters, "gateway_cache_total", 'status="bypass"') for r in group),
         }
     return rows
+
+
+def paired_ratios(runs: list[Run], phase: str, a: str, b: str, connections: int) -> list[float]:
+    """req/s of `a` over `b` in each round (the two ran in the same round, minutes apart at most)."""
+    by_round: dict[int, dict[str, float]] = {}
+    for run in runs:
+        if run.phase == phase and run.connections == connections and run.target in (a, b):
+            by_round.setdefault(run.round, {})[run.target] = run.rps
+    return [pair[a] / pair[b] for pair in by_round.values() if a in pair and b in pair and pair[b]]
 
 
 def ratio(a: float, b: float) -> float:
@@ -1079,12 +1445,12 @@ def render(bench: Bench, machine: dict[str, str]) -> str:
     w("| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | server CPU s/run | "
       "kernel share | CPU µs/req | upstream CPU s/run | errors |")
     w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for key in labels:
+    for key in [k for k in labels if k in MAIN_TARGETS]:
         for conns in args.connections:
             row = rows.get((key, conns))
             if row is None:
                 continue
-            errors = f"{row['errors']} sock / {row['non_2xx']} non-2xx" if row["errors"] or row["non_2xx"] else "0"
+            errors = errors_cell(row)
             upstream_cpu = f"{row['upstream_cpu']:.2f}" if key != "upstream" else "—"
             w(f"| {labels[key]} | {conns} | {row['rps']:,.0f} | {row['rps_min']:,.0f}–{row['rps_max']:,.0f} | "
               f"{row['p50']:.2f} | {row['p99']:.2f} | {row['cpu']:.2f} | {row['sys_share']:.0%} | "
@@ -1118,6 +1484,11 @@ def render(bench: Bench, machine: dict[str, str]) -> str:
     w("")
 
     goals: list[str] = []
+    later_goals: list[str] = []  # the limiter's and the cache's, listed after the proxy's own
+    if "gateway-limited" in labels:
+        out.extend(render_limiter(bench, rows, later_goals))
+    if "gateway-cached" in labels:
+        out.extend(render_cache(bench, rows, later_goals))
     gw64, bare64, gw8 = rows.get(("gateway", 64)), rows.get(("bare-aiohttp", 64)), rows.get(("gateway", 8))
     if gw64 and bare64:
         r = ratio(gw64["rps"], bare64["rps"])
@@ -1173,6 +1544,7 @@ def render(bench: Bench, machine: dict[str, str]) -> str:
         goals.append(f"| 10,000 routes cost < 5 % (req/s, drift-normalized by the bare proxy) | {cost:+.1%} "
                      f"(raw {1 - raw_ratio:+.1%}) | {'met' if cost < GOAL_10K_COST else 'NOT met'} |")
 
+    goals += later_goals
     if goals:
         w("## Goals\n")
         w("| goal | measured | verdict |")
@@ -1182,9 +1554,155 @@ def render(bench: Bench, machine: dict[str, str]) -> str:
 
     if bench.profile is not None and bench.bare_profile is not None:
         out.extend(render_profile(bench.profile, bench.bare_profile, bench.profile_10k))
+    if bench.redis_profiles:
+        out.extend(render_redis_profiles(bench.redis_profiles, bench.bare_profile))
     w("## Gateway log\n")
     out.extend(log_findings(bench.facts.get("gateway_log")))
+    if "gateway_redis_log" in bench.facts:
+        w("## Redis-backed gateway log\n")
+        out.extend(log_findings(bench.facts.get("gateway_redis_log")))
     return "\n".join(out)
+
+
+def errors_cell(row: dict[str, float]) -> str:
+    return f"{row['errors']} sock / {row['non_2xx']} non-2xx" if row["errors"] or row["non_2xx"] else "0"
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1%}–{max(values):.1%}" if values else "—"
+
+
+def render_limiter(bench: Bench, rows: dict[tuple[str, int], dict[str, float]], goals: list[str]) -> list[str]:
+    args, facts = bench.args, bench.facts
+    checks = facts.get("redis_checks", {})
+    out: list[str] = []
+    w = out.append
+    w("## Rate limiter cost\n")
+    timeout_note = (" (the gateway's default)." if args.redis_timeout == 0.05 else
+                    " instead of the default 0.05 s: a saturated event loop reads Redis's answers late, and "
+                    "past the timeout a decision goes to the fallback (counted in process memory), which is not "
+                    "what is measured here (`--redis-timeout 0.05` measures the default).")
+    w(f"A second gateway process (`gateway serve`, one worker) with `REDIS_URL={checks.get('url', '?')}`: the "
+      "realistic multi-node setup, where the limiter counts in Redis. "
+      f"`GATEWAY_RATE_LIMIT_FAILURE` is the default (`local`); `GATEWAY_REDIS_TIMEOUT={args.redis_timeout:g}` "
+      f"s{timeout_note} It has its own database (so the first gateway's table "
+      "keeps its one route) with the same plugin, caller and upstream, and two of the routes compared here: "
+      f"`/reports/{{id}}` without a limit and `{LIMITED_ROUTE}` with `rate_limit` {BENCH_RATE_LIMIT:,} per "
+      f"`rate_limit_window` {BENCH_RATE_WINDOW} s, never reached. Each request of the limited route runs the "
+      "limiter's Lua script in Redis (EVALSHA; the checks of one event-loop turn go as one pipeline) and "
+      "carries the RateLimit headers. The gateway without Redis (the main table) is shown for context.\n")
+    w("| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | gateway CPU µs/req | "
+      "Redis CPU µs/req | decisions without Redis | errors |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    labels = facts.get("targets", {})
+    for key in ("gateway", "gateway-redis", "gateway-limited"):
+        for conns in args.connections:
+            row = rows.get((key, conns))
+            if row is None:
+                continue
+            redis_cell = f"{row['redis_us_per_req']:.1f}" if key != "gateway" else "—"
+            fallback_cell = f"{row['fallbacks']:,.0f}" if key == "gateway-limited" else "—"
+            w(f"| {labels[key]} | {conns} | {row['rps']:,.0f} | {row['rps_min']:,.0f}–{row['rps_max']:,.0f} | "
+              f"{row['p50']:.2f} | {row['p99']:.2f} | {row['cpu_us_per_req']:.0f} | {redis_cell} | "
+              f"{fallback_cell} | {errors_cell(row)} |")
+    w("")
+    w("*Redis CPU* is the Redis server's own CPU time (INFO cpu) during the run, per request served: the "
+      "limiter's work there. *decisions without Redis*: `gateway_rate_limit_fallback_total` during the "
+      "measured runs (Redis slower than the timeout or failing; such a request was counted in process "
+      "memory instead); anything but 0 means some requests were not limited through Redis.\n")
+    w("| conns | limited / unlimited (req/s) | limiter cost | per round | p50 limited / unlimited | "
+      "p99 limited / unlimited | CPU µs/req limited − unlimited | gateway + Redis / gateway without Redis "
+      "(unlimited route) |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for conns in args.connections:
+        lim, unl, plain = (rows.get((k, conns)) for k in ("gateway-limited", "gateway-redis", "gateway"))
+        if not (lim and unl):
+            continue
+        r = ratio(lim["rps"], unl["rps"])
+        per_round = paired_ratios(bench.runs, "main", "gateway-limited", "gateway-redis", conns)
+        plain_cell = f"{ratio(unl['rps'], plain['rps']):.1%}" if plain else "—"
+        w(f"| {conns} | {r:.1%} | {1 - r:+.1%} | {spread(per_round)} | {ratio(lim['p50'], unl['p50']):.1%} | "
+          f"{ratio(lim['p99'], unl['p99']):.1%} | {lim['cpu_us_per_req'] - unl['cpu_us_per_req']:+.0f} µs "
+          f"(+{lim['redis_us_per_req'] - unl['redis_us_per_req']:.0f} µs in Redis) | {plain_cell} |")
+        goals.append(f"| rate limiter cost ≤ 10 % (req/s, limited / unlimited route, Redis, {conns} conns) | "
+                     f"{1 - r:+.1%} | {'met' if 1 - r <= GOAL_LIMITER_COST else 'NOT met'} |")
+    w("")
+    w("*limiter cost* = 1 − limited / unlimited (medians over the rounds); *per round*: the same ratio within "
+      "each round, min–max.\n")
+    limiter, after = checks.get("limiter", {}), facts.get("redis_after_rounds", {})
+    if limiter:
+        remaining = limiter.get("remaining", ["?", "?"])
+        w(f"Checked before the rounds: two calls to the limited route answered `RateLimit-Limit: {limiter['limit']}`, "
+          f"`RateLimit-Policy: {limiter['policy']}`, `RateLimit-Remaining` {remaining[0]} then {remaining[1]}, and "
+          f"Redis held {limiter['redis_keys']} window key (`pgw:rl:…`) counting {limiter['redis_count']}.")
+    if after:
+        w(f"After the rounds (warm-up and checks included): Redis had counted {after['redis_count']:,} requests "
+          f"of the limited route, the gateway had answered {after['answered']:,.0f} on it; "
+          f"{after['fallbacks']:,.0f} decisions were taken without Redis, {after['redis_errors']:,.0f} Redis "
+          "calls failed.")
+    w("")
+    return out
+
+
+def render_cache(bench: Bench, rows: dict[tuple[str, int], dict[str, float]], goals: list[str]) -> list[str]:
+    args, facts = bench.args, bench.facts
+    cache = facts.get("redis_checks", {}).get("cache", {})
+    out: list[str] = []
+    w = out.append
+    w("## Cache hits\n")
+    w(f"The Redis-backed gateway's route `{CACHED_ROUTE}` with `cache_enabled` and `cache_ttl` "
+      f"{BENCH_CACHE_TTL} s. wrk always sends the same request with the same caller's JWT, so the cache key is "
+      "constant: after the first request (a MISS, made before the rounds) every request is a HIT, served from "
+      "the gateway's in-process LRU (Redis is its second level, not read on an L1 hit) without an upstream "
+      "call. Against it: the bare aiohttp proxy (no cache: every request goes to the upstream) and nginx as a "
+      "reverse proxy with `proxy_cache` (`proxy_cache_path` in the run's temporary directory, "
+      "`proxy_cache_valid 200 1h`, one worker).")
+    if cache:
+        w(f"Checked before the rounds: the gateway answered `X-Cache-Status: {cache['status']}` "
+          f"(`Age: {cache['age']}`, {cache['redis_entries']} entry in Redis), nginx "
+          "`X-Cache-Status: HIT` (`add_header X-Cache-Status $upstream_cache_status`).")
+    w("")
+    w("| target | conns | req/s (median) | req/s min–max | p50 ms | p99 ms | server CPU µs/req | "
+      "upstream CPU s/run | cache outcome in the runs | errors |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    labels = facts.get("targets", {})
+    for key in ("bare-aiohttp", "gateway-redis", "gateway-cached", "nginx-proxy", "nginx-cache"):
+        for conns in args.connections:
+            row = rows.get((key, conns))
+            if row is None:
+                continue
+            if key == "gateway-cached":
+                decided = row["hit"] + row["miss"] + row["bypass"]
+                outcome = (f"{row['hit']:,.0f} HIT, {row['miss']:,.0f} MISS ({ratio(row['hit'], decided):.2%} HIT)"
+                           if decided else "?")
+            else:
+                outcome = {"nginx-cache": "HIT (checked)", "gateway-redis": "no cache",
+                           "bare-aiohttp": "no cache", "nginx-proxy": "no cache"}[key]
+            w(f"| {labels[key]} | {conns} | {row['rps']:,.0f} | {row['rps_min']:,.0f}–{row['rps_max']:,.0f} | "
+              f"{row['p50']:.2f} | {row['p99']:.2f} | {row['cpu_us_per_req']:.0f} | {row['upstream_cpu']:.2f} | "
+              f"{outcome} | {errors_cell(row)} |")
+    w("")
+    w("*upstream CPU* near 0 for the cache targets shows that they did not call the upstream.\n")
+    w("| conns | gateway HIT / bare aiohttp | gateway HIT / nginx proxy_cache | gateway HIT / gateway uncached "
+      "(Redis, no limit) | nginx proxy_cache / nginx proxy | gateway HIT CPU µs/req − bare |")
+    w("|---:|---:|---:|---:|---:|---:|")
+    for conns in args.connections:
+        hit, bare, ngc, unc, ngx = (rows.get((k, conns)) for k in
+                                    ("gateway-cached", "bare-aiohttp", "nginx-cache", "gateway-redis", "nginx-proxy"))
+        if not (hit and bare):
+            continue
+        r = ratio(hit["rps"], bare["rps"])
+        per_round = paired_ratios(bench.runs, "main", "gateway-cached", "bare-aiohttp", conns)
+        w(f"| {conns} | {r:.2f}× ({min(per_round, default=0):.2f}–{max(per_round, default=0):.2f}) | "
+          f"{ratio(hit['rps'], ngc['rps']) if ngc else float('nan'):.1%} | "
+          f"{ratio(hit['rps'], unc['rps']) if unc else float('nan'):.2f}× | "
+          f"{ratio(ngc['rps'], ngx['rps']) if ngc and ngx else float('nan'):.2f}× | "
+          f"{hit['cpu_us_per_req'] - bare['cpu_us_per_req']:+.0f} µs |")
+        goals.append(f"| gateway cache HIT ≥ 1.5× bare aiohttp req/s ({conns} conns) | {r:.2f}× | "
+                     f"{'met' if r >= GOAL_CACHE_VS_BARE else 'NOT met'} |")
+    w("")
+    w("Ratios of the medians over the rounds; in brackets the same ratio within each round, min–max.\n")
+    return out
 
 
 def render_profile(gw: Profile, bare: Profile, gw10k: Profile | None) -> list[str]:
@@ -1203,7 +1721,7 @@ def render_profile(gw: Profile, bare: Profile, gw10k: Profile | None) -> list[st
         w(f"- {label}: {p.run.rps:,.0f} req/s while sampled, {p.run.server_cpu:.2f} CPU-s in {p.run.wall:.1f}s "
           f"wall ({p.run.server_cpu / max(0.001, p.run.wall):.0%} of one core, {p.run.server_sys_share:.0%} of it in "
           f"the kernel), {p.run.server_cpu / max(1, p.run.requests) * 1e6:.0f} CPU µs/req, "
-          f"{p.summary['total']:,} samples")
+          f"{p.summary['total']:,} samples; other CPU (py-spy included) {p.run.other_cpu:.2f}s")
     w("")
     w("The request path (inclusive: the function and everything it calls):\n")
     w("| part | share | µs/req |")
@@ -1262,6 +1780,61 @@ def render_profile(gw: Profile, bare: Profile, gw10k: Profile | None) -> list[st
     w("(The GC share is of the samples; GC µs/req uses the run's user CPU time. With more long-lived "
       "objects each full collection walks more of them: see the 10,000-routes section.)")
     w("")
+    return out
+
+
+def render_redis_profiles(profiles: dict[str, Profile], bare: Profile | None) -> list[str]:
+    out: list[str] = []
+    w = out.append
+    names = {"gateway-redis": "no limit", "gateway-limited": "limited", "gateway-cached": "cache HIT"}
+    shown = [(names[k], profiles[k]) for k in names if k in profiles]
+    w("## Where the limiter and the cache hit spend their time (py-spy, 64 connections)\n")
+    w("The Redis-backed gateway, recorded as above (`--gil --native --function`, blocking mode) during one "
+      "64-connection run on each route. *µs/req* as above: share of the samples × the process's measured user "
+      "CPU per request. The rate limiter's pipeline to Redis runs as its own task (`_IncrBatcher._send`), "
+      "outside the request's stack.\n")
+    for label, p in shown:
+        w(f"- {label}: {p.run.rps:,.0f} req/s while sampled, {p.run.server_cpu / max(1, p.run.requests) * 1e6:.0f} "
+          f"CPU µs/req ({p.run.server_sys_share:.0%} kernel), {p.summary['total']:,} samples, Redis "
+          f"{p.run.redis_cpu / max(1, p.run.requests) * 1e6:.0f} CPU µs/req")
+    w("")
+    w("The parts (inclusive µs/req):\n")
+    w("| part | " + " | ".join(label for label, _ in shown) + " |")
+    w("|---|" + "---:|" * len(shown))
+    for _name, _suffix, part in LIMITER_CACHE_FRAMES:
+        cells = [p.summary["parts"].get(part) for _, p in shown]
+        if not any(cells):
+            continue
+        w(f"| {part} | " + " | ".join(f"{p.us_per_request(c):.0f}" if c else "—"
+                                      for (_, p), c in zip(shown, cells, strict=True)) + " |")
+    w("")
+    w("By component (self time of the innermost Python frame, µs/req):\n")
+    columns = [*shown, *([("bare aiohttp", bare)] if bare is not None else [])]
+    w("| component | " + " | ".join(label for label, _ in columns) + " |")
+    w("|---|" + "---:|" * len(columns))
+    comps = [dict(p.summary["components"]) for _, p in columns]
+    lead = dict(profiles["gateway-limited"].summary["components"]) if "gateway-limited" in profiles else comps[0]
+    every = sorted(set().union(*comps), key=lambda n: -lead.get(n, 0))
+    for name in every[:16]:
+        w(f"| {name} | " + " | ".join(f"{p.us_per_request(c.get(name, 0)):.0f}"
+                                      for (_, p), c in zip(columns, comps, strict=True)) + " |")
+    w("| **user space (measured utime)** | " + " | ".join(f"**{p.user_us_per_request:.0f}**" for _, p in columns)
+      + " |")
+    w("| kernel (measured stime) | " + " | ".join(f"{p.kernel_us_per_request:.0f}" for _, p in columns) + " |")
+    w("| **total CPU** | " + " | ".join(f"**{p.user_us_per_request + p.kernel_us_per_request:.0f}**"
+                                       for _, p in columns) + " |")
+    w("")
+    for key, title in (("gateway-limited", "limited route"), ("gateway-cached", "cache HIT")):
+        p = profiles.get(key)
+        if p is None:
+            continue
+        w(f"Heaviest frames by self time, {title}:\n")
+        w("| self | µs/req | function |")
+        w("|---:|---:|---|")
+        total = max(1, p.summary["total"])
+        for frame, samples in p.summary["self"][:12]:
+            w(f"| {samples / total:.1%} | {p.us_per_request(samples):.1f} | `{frame}` |")
+        w("")
     return out
 
 
@@ -1334,12 +1907,12 @@ def log_findings(scan: dict[str, Any] | None) -> list[str]:
 def print_table(bench: Bench) -> None:
     rows = summary_rows(bench.runs, "main")
     print()
-    print(f"{'target':<14}{'conns':>6}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU s':>8}{'µs/req':>8}{'errors':>8}")
+    print(f"{'target':<16}{'conns':>6}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'CPU s':>8}{'µs/req':>8}{'errors':>8}")
     for key in bench.facts.get("targets", {}):
         for conns in bench.args.connections:
             row = rows.get((key, conns))
             if row:
-                print(f"{key:<14}{conns:>6}{row['rps']:>11,.0f}{row['p50']:>9.2f}{row['p99']:>9.2f}"
+                print(f"{key:<16}{conns:>6}{row['rps']:>11,.0f}{row['p50']:>9.2f}{row['p99']:>9.2f}"
                       f"{row['cpu']:>8.2f}{row['cpu_us_per_req']:>8.0f}{row['errors'] + row['non_2xx']:>8}")
     print()
 
@@ -1359,6 +1932,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="copy the gateway's log and py-spy's raw stack files to DIR before cleaning up")
     parser.add_argument("--skip-10k", action="store_true", help="skip the 10,000-routes phase")
     parser.add_argument("--output", help="where to write the results (default bench/RESULTS.md; none with --quick)")
+    parser.add_argument("--redis", default=DEFAULT_REDIS,
+                        help=f"the Redis server for the limiter and cache targets (default {DEFAULT_REDIS})")
+    parser.add_argument("--redis-db", type=int, default=DEFAULT_REDIS_DB,
+                        help=f"its database number, which must be empty (default {DEFAULT_REDIS_DB}); the run "
+                             "deletes the keys it made there (pgw:*) at the end")
+    parser.add_argument("--redis-timeout", type=float, default=1.0,
+                        help="GATEWAY_REDIS_TIMEOUT of the Redis-backed gateway, seconds (default 1.0, so that "
+                             "every limiter decision is taken in Redis; the gateway's own default is 0.05)")
+    parser.add_argument("--skip-redis", action="store_true",
+                        help="leave out the Redis-backed gateway (rate limiter, cache) and nginx proxy_cache")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.rounds = 3, 1
