@@ -101,11 +101,6 @@ class JwksCache:
         # A known kid with the wrong key type is refused without a refetch.
         return jwk.key if jwk is not None and jwk.alg == alg else None
 
-    def cached(self, kid: str, alg: str) -> PublicKey | None:
-        """The key from what is cached now, without any I/O (for the synchronous verify path)."""
-        jwk = self._keys.get(kid)
-        return jwk.key if jwk is not None and jwk.alg == alg else None
-
     async def refresh(self) -> None:
         """Fetch the key set unless a fetch happened within `min_refetch_interval`."""
         generation = self._generation

@@ -93,17 +93,6 @@ class JwtVerifier:
             key = await self.jwks.get(kid, alg)
         return self._decode(token, digest, alg, key)
 
-    def verify(self, token: str) -> dict[str, Any]:
-        """Like verify_async, but a JWKS key must already be cached (no I/O)."""
-        digest, cached = self._lookup(token)
-        if cached is not None:
-            return cached
-        alg, kid = self._header(token)
-        key = self._configured_key(alg)
-        if key is None and self.jwks is not None and kid is not None:
-            key = self.jwks.cached(kid, alg)
-        return self._decode(token, digest, alg, key)
-
     def _lookup(self, token: str) -> tuple[bytes, dict[str, Any] | None]:
         if not self.algorithms:
             raise Unauthenticated("JWT authentication is not configured")

@@ -65,7 +65,7 @@ async def test_hs256_token_verifies() -> None:
     user = uuid.uuid4()
     verifier = JwtVerifier(SECRET)
     token = issue_token(SECRET, user, roles=["platform_admin"])
-    assert verifier.verify(token)["sub"] == str(user)
+    assert (await verifier.verify_async(token))["sub"] == str(user)
     assert (await verifier.verify_async(token))["roles"] == ["platform_admin"]
 
 
@@ -302,7 +302,7 @@ async def test_default_cooldown_via_from_config(jwks_server: JwksServer) -> None
                 await verifier.verify_async(sign(claims(), RSA_KEY, "RS256", uuid.uuid4().hex))
         assert jwks_server.requests == 1
         # The synchronous path uses cached keys only.
-        assert verifier.verify(sign(claims(), RSA_KEY, "RS256", "k"))
+        assert await verifier.verify_async(sign(claims(), RSA_KEY, "RS256", "k"))
     finally:
         await verifier.close()
 
@@ -356,7 +356,7 @@ async def test_cached_verification_needs_no_fetch(jwks_server: JwksServer, make_
     assert first == second and verifier.cache_hits == 1 and jwks_server.requests == 1
     second["roles"] = "tampered"  # callers get copies
     assert (await verifier.verify_async(token))["roles"] == ["platform_admin"]
-    assert verifier.verify(token) == first and verifier.cache_hits == 3
+    assert await verifier.verify_async(token) == first and verifier.cache_hits == 3
 
 
 async def test_cache_never_returns_a_token_past_its_exp(jwks_server: JwksServer,
@@ -371,7 +371,7 @@ async def test_cache_never_returns_a_token_past_its_exp(jwks_server: JwksServer,
     with pytest.raises(Unauthenticated):
         await verifier.verify_async(token)
     with pytest.raises(Unauthenticated):
-        verifier.verify(token)
+        await verifier.verify_async(token)
     assert verifier.cache_hits == 1
 
 
