@@ -71,15 +71,9 @@ async def create_service(conn: asyncpg.Connection, instance_id: UUID, values: di
 
 async def update_service(conn: asyncpg.Connection, instance_id: UUID, service_id: UUID,
                          values: dict[str, Any]) -> dict[str, Any]:
-    statement, args = sql.update("instance_services", values, ["id = $1", "instance_id = $2"],
-                                 [service_id, instance_id])
-    try:
-        row = await conn.fetchrow(statement, *args)
-    except asyncpg.UniqueViolationError:
-        raise Conflict(DUPLICATE) from None
-    if row is None:
-        raise NotFound("No such service on this instance")
-    return dict(row)
+    return await sql.update_one(conn, "instance_services", values, ["id = $1", "instance_id = $2"],
+                                [service_id, instance_id], missing="No such service on this instance",
+                                duplicate=DUPLICATE)
 
 
 async def delete_service(conn: asyncpg.Connection, instance_id: UUID, service_id: UUID) -> None:

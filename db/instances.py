@@ -57,12 +57,9 @@ async def create_instance(conn: asyncpg.Connection, values: dict[str, Any]) -> d
 
 async def update_instance(conn: asyncpg.Connection, space_id: UUID, instance_id: UUID,
                           values: dict[str, Any]) -> dict[str, Any]:
-    statement, args = sql.update("infrastructure_instances", values,
-                                 ["id = $1", "space_id = $2", "deleted_at IS NULL"], [instance_id, space_id])
-    row = await conn.fetchrow(statement, *args)
-    if row is None:
-        raise NotFound("No such instance in this space")
-    return dict(row)
+    return await sql.update_one(conn, "infrastructure_instances", values,
+                                ["id = $1", "space_id = $2", "deleted_at IS NULL"], [instance_id, space_id],
+                                missing="No such instance in this space")
 
 
 async def soft_delete(conn: asyncpg.Connection, space_id: UUID, instance_id: UUID) -> None:

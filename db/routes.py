@@ -88,14 +88,8 @@ async def create_route(conn: asyncpg.Connection, service_id: UUID, installation_
 
 async def update_route(conn: asyncpg.Connection, route_id: UUID, values: dict[str, Any]) -> dict[str, Any]:
     """Change a route the caller has already found (and locked) with `get_route`."""
-    statement, args = sql.update("service_api_routes", values, ["id = $1"], [route_id])
-    try:
-        row = await conn.fetchrow(statement, *args)
-    except asyncpg.UniqueViolationError:
-        raise Conflict(DUPLICATE) from None
-    if row is None:
-        raise NotFound("No such route")
-    return dict(row)
+    return await sql.update_one(conn, "service_api_routes", values, ["id = $1"], [route_id],
+                                missing="No such route", duplicate=DUPLICATE)
 
 
 async def delete_route(conn: asyncpg.Connection, route_id: UUID, service_id: UUID,

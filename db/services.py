@@ -96,11 +96,8 @@ async def create_service(conn: asyncpg.Connection, values: dict[str, Any], maint
 
 
 async def update_service(conn: asyncpg.Connection, service_id: UUID, values: dict[str, Any]) -> dict[str, Any]:
-    statement, args = sql.update("service_registry", values, ["id = $1", "deleted_at IS NULL"], [service_id])
-    row = await conn.fetchrow(statement, *args)
-    if row is None:
-        raise NotFound("No such service")
-    return dict(row)
+    return await sql.update_one(conn, "service_registry", values, ["id = $1", "deleted_at IS NULL"],
+                                [service_id], missing="No such service")
 
 
 async def soft_delete(conn: asyncpg.Connection, service_id: UUID) -> None:

@@ -11,6 +11,10 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import asyncpg
+
+from db.errors import Conflict, NotFound
+
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
@@ -37,3 +41,18 @@ def update(table: str, values: Mapping[str, Any], where: Iterable[str], where_ar
         sets = ["id = id"]
     sql = f"UPDATE public.{_ident(table)} SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING {returning}"
     return sql, where_args + list(values.values())
+
+
+async def update_one(conn: asyncpg.Connection, table: str, values: Mapping[str, Any], where: Iterable[str],
+                     where_args: Iterable[Any], *, missing: str, duplicate: str | None = None) -> dict[str, Any]:
+    """Update one row and return it; no row → NotFound(missing); a unique clash → Conflict(duplicate)."""
+    statement, args = update(table, values, where, where_args)
+    try:
+        row = await conn.fetchrow(statement, *args)
+    except asyncpg.UniqueViolationError:
+        if duplicate is None:
+            raise
+        raise Conflict(duplicate) from None
+    if row is None:
+        raise NotFound(missing)
+    return dict(row)

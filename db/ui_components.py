@@ -68,13 +68,9 @@ async def create(conn: asyncpg.Connection, service_id: UUID, values: dict[str, A
 
 async def update(conn: asyncpg.Connection, component_id: UUID, service_id: UUID,
                  values: dict[str, Any]) -> dict[str, Any]:
-    statement, args = sql.update("service_ui_components", values,
-                                 ["id = $1", "service_id = $2", "installation_id IS NULL"],
-                                 [component_id, service_id])
-    row = await conn.fetchrow(statement, *args)
-    if row is None:
-        raise NotFound("No such UI component")
-    return dict(row)
+    return await sql.update_one(conn, "service_ui_components", values,
+                                ["id = $1", "service_id = $2", "installation_id IS NULL"],
+                                [component_id, service_id], missing="No such UI component")
 
 
 async def delete(conn: asyncpg.Connection, component_id: UUID, service_id: UUID) -> None:
