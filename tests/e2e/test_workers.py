@@ -284,8 +284,19 @@ async def test_one_scrape_counts_the_requests_of_every_worker(start_gateway: Sta
                 await asyncio.sleep(0.05)
             return text
 
-        first = await scrape()
-        baseline = requests_in(first, plugin.slug)  # the polling above
+        async def steady() -> float:
+            """The polling above, once counted: a worker counts a request after answering it,
+            so a scrape right after the last answer may not see it yet."""
+            deadline, last = time.monotonic() + 5, -1.0
+            while time.monotonic() < deadline:
+                now = requests_in(await scrape(), plugin.slug)
+                if now >= 1 and now == last:
+                    return now
+                last = now
+                await asyncio.sleep(0.2)
+            return last
+
+        baseline = await steady()
         per_worker_before = requests_by_worker(metrics_dir, plugin.slug)
 
         # A new connection per request, 20 at a time, until both workers have answered some:
