@@ -69,7 +69,7 @@ import asyncpg  # noqa: E402
 from auth.jwt import issue_token  # noqa: E402
 from db.encryption import generate_key_ring_entry  # noqa: E402
 from db.migrate import migrate  # noqa: E402
-from gateway import devservices  # noqa: E402
+from gateway.dev import services as devservices  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRK_THREADS = 2

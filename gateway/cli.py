@@ -88,7 +88,7 @@ def _create_token(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from gateway.demo import run_demo
+    from gateway.dev.demo import run_demo
 
     return run_demo(Path(args.data_dir).resolve(), args.host, args.port)
 

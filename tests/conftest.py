@@ -25,7 +25,7 @@ from yarl import URL
 
 from db.encryption import generate_key_ring_entry
 from db.migrate import migrate
-from gateway import devservices
+from gateway.dev import services as devservices
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.logs import JsonFormatter
 from gateway.settings import Settings

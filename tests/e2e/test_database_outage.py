@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from db.migrate import migrate
 from db.pool import create_pool
-from gateway import devservices
+from gateway.dev import services as devservices
 from tests.conftest import gateway_client, JWT_SECRET, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, until_status

@@ -16,7 +16,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from gateway import devservices, metrics
+from gateway import metrics
+from gateway.dev import services as devservices
 from tests.conftest import ASSERTION_KEY, ENCRYPTION_KEYS, JWT_SECRET, gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import add_route, make_plugin, until_status

@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway import devservices
+from gateway.dev import services as devservices
 from tests.conftest import ASSERTION_KEY, ENCRYPTION_KEYS, JWT_SECRET
 from tests.factories import Factory
 from tests.plugins import Plugin, make_plugin, until_status

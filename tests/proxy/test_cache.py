@@ -14,7 +14,7 @@ from uuid import UUID
 import pytest
 from multidict import CIMultiDict
 
-from gateway import devservices
+from gateway.dev import services as devservices
 from gateway.proxy.cache import CachedResponse, ResponseCache, cache_key, cacheable
 from gateway.redis_link import RedisLink, RedisUnavailable
 from routing.table import Route

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import devservices
+from gateway.dev import services as devservices
 from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import make_plugin, problem, raw_request, until_status

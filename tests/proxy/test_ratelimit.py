@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio as redis
 
-from gateway import devservices, metrics
+from gateway import metrics
+from gateway.dev import services as devservices
 from gateway.proxy.ratelimit import Decision, RateLimiter, RateLimitUnavailable
 from gateway.redis_link import PAUSE_AFTER_FAILURE, RedisLink
 

@@ -21,8 +21,8 @@ import asyncpg
 from auth.jwt import issue_token
 from db.encryption import KeyRing, associated_data, generate_key_ring_entry
 from db.migrate import migrate
-from gateway import devservices
-from gateway.demo_plugin import API_KEY_HEADER, demo_plugin_ctx
+from gateway.dev import services
+from gateway.dev.demo_plugin import API_KEY_HEADER, demo_plugin_ctx
 from gateway.settings import Settings
 
 KEYS_FILE = "dev-keys.env"
@@ -124,19 +124,19 @@ def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
     os.chmod(data_dir, 0o755)  # a PostgreSQL running as another user must reach its data dir
     local_pg = None
     dsn = os.environ.get("DATABASE_URL", "")
-    if not devservices.postgres_answers(dsn):
+    if not services.postgres_answers(dsn):
         print("DATABASE_URL is unset or does not answer: starting a local PostgreSQL in", data_dir / "postgres")
-        local_pg = devservices.start_postgres(data_dir / "postgres", port=_stable_port(data_dir))
+        local_pg = services.start_postgres(data_dir / "postgres", port=_stable_port(data_dir))
         dsn = local_pg.dsn
     try:
         redis_url = os.environ.get("REDIS_URL", "")
         # The demo plugin listens on loopback, which production refuses (upstream safety).
         env = {**os.environ, **development_keys(data_dir), "DATABASE_URL": dsn,
-               "REDIS_URL": redis_url if devservices.redis_answers(redis_url) else "",
+               "REDIS_URL": redis_url if services.redis_answers(redis_url) else "",
                "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "true", "GATEWAY_WORKERS": "1"}
         settings = Settings.from_env(env)
         asyncio.run(migrate(dsn))
-        plugin_port, plugin_key = devservices.free_port(), secrets.token_urlsafe(24)
+        plugin_port, plugin_key = services.free_port(), secrets.token_urlsafe(24)
         user_id, space_id = asyncio.run(_demo_rows(dsn, KeyRing.parse(settings.encryption_keys),
                                                    f"http://127.0.0.1:{plugin_port}", plugin_key))
         token = issue_token(settings.jwt_secret, user_id, roles=["platform_admin"], lifetime_seconds=86400)
@@ -165,8 +165,8 @@ def _stable_port(data_dir: Path) -> int:
     path = data_dir / "postgres.port"
     if path.exists():
         port = int(path.read_text())
-        if not devservices.tcp_answers("127.0.0.1", port, 0.2):
+        if not services.tcp_answers("127.0.0.1", port, 0.2):
             return port
-    port = devservices.free_port()
+    port = services.free_port()
     path.write_text(str(port))
     return port
