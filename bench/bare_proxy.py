@@ -67,11 +67,10 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="http://host:port of the upstream")
     parser.add_argument("--pool-per-host", type=int, default=64)
     args = parser.parse_args()
-    from gateway.eventloop import loop_factory
+    import uvloop  # as the gateway's workers run (aiohttp.GunicornUVLoopWebWorker)
 
-    factory = loop_factory()
     web.run_app(build_app(args.upstream, args.pool_per_host), host=args.host, port=args.port,
-                access_log=None, loop=factory() if factory else None,
+                access_log=None, loop=uvloop.new_event_loop(),
                 print=lambda _: print(f"bare proxy listening on {args.port}", flush=True))
 
 

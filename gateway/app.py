@@ -14,6 +14,7 @@ from db.pool import Database
 from gateway import api, health
 from gateway.api.registry import add_routes
 from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
+from gateway.connections import SERVER_OPTIONS  # noqa: F401  (tests build their servers with it)
 from gateway.metrics_listener import metrics_listener_ctx
 from gateway.middleware import problem_middleware
 from gateway.proxy.assertion import AssertionSigner
@@ -23,14 +24,6 @@ from gateway.settings import Settings
 
 assert api  # imported for its endpoint registrations
 
-# Options of the HTTP server (aiohttp's RequestHandler), shared by `gateway serve` and the tests.
-SERVER_OPTIONS: dict[str, object] = {
-    "handler_cancellation": True,  # a caller who disconnects cancels its handler and the upstream call
-    "auto_decompress": False,  # proxied bodies pass as sent, Content-Encoding and all
-    "max_line_size": 8190,  # request line and each header line
-    "max_field_size": 8190,
-    "max_headers": 100,
-}
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -21,47 +21,10 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    settings.require("database_url", "encryption_keys", "assertion_key", "jwt")
-    require_c_parser()
-    host, port = args.host or settings.host, args.port or settings.port
-    workers = args.workers or settings.workers
-    if workers > 1:
-        # A master pre-forks the workers (gateway/workers.py: signals, drain, metrics). It must not
-        # import the application itself: that happens in each worker, after the fork.
-        from gateway.workers import run_master
+    from gateway.serve import serve
 
-        return run_master(settings, host, port, workers)
-    from gateway.app import create_app
-
-    run_server(create_app(settings), host, port, drain_seconds=settings.drain_seconds)
-    return 0
-
-
-def require_c_parser() -> None:
-    """aiohttp's pure-Python HTTP parser is slower and has had request-smuggling bugs the C one
-    did not: refuse to serve on it (it is used when AIOHTTP_NO_EXTENSIONS is set or the wheel
-    has no compiled extension)."""
-    from aiohttp import http_parser
-
-    if http_parser.HttpRequestParser is not getattr(http_parser, "HttpRequestParserC", None):
-        raise ConfigError("aiohttp's C HTTP parser is not available (AIOHTTP_NO_EXTENSIONS set, or no "
-                          "compiled wheel for this platform); refusing to serve on the pure-Python fallback")
-
-
-def run_server(app: object, host: str, port: int, *, drain_seconds: float | None = None) -> None:
-    """Serve `app` in this process until SIGTERM/SIGINT, then drain: stop accepting, close idle
-    connections, let requests in flight finish (at most `drain_seconds`, by default the app's
-    GATEWAY_DRAIN_SECONDS), run the app's cleanup."""
-    from aiohttp import web
-
-    from gateway.appkeys import SETTINGS
-    from gateway.workers import serve_single
-
-    assert isinstance(app, web.Application)
-    if drain_seconds is None:
-        settings = app.get(SETTINGS)
-        drain_seconds = settings.drain_seconds if settings is not None else Settings().drain_seconds
-    serve_single(app, host, port, drain_seconds)
+    return serve(settings, host=args.host or settings.host, port=args.port or settings.port,
+                 workers=args.workers or settings.workers)
 
 
 def _positive_int(raw: str) -> int:
@@ -118,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default: GATEWAY_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
     serve.add_argument("--workers", type=_positive_int, metavar="N",
-                       help="worker processes (default: GATEWAY_WORKERS). With N > 1 a master process "
-                            "holds the socket and supervises the workers: SIGHUP restarts them one at a "
-                            "time, SIGTERM/SIGINT drains them (GATEWAY_DRAIN_SECONDS) and exits")
+                       help="worker processes under gunicorn's arbiter (default: GATEWAY_WORKERS). SIGHUP "
+                            "checks the code and settings on disk, then replaces the workers; SIGTERM drains "
+                            "them (GATEWAY_DRAIN_SECONDS) and exits")
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(

@@ -56,6 +56,22 @@ def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise ConfigError(f"Config '{key}' must be true or false, got {raw!r}")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, bounded by a cgroup v2 CPU quota (a
+    container limited to 2 CPUs on a 64-core host must not start 64 workers)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))  # a 1.5 CPU quota → 2
+    except (OSError, ValueError):
+        pass  # no cgroup v2 CPU controller here: the affinity mask is the bound
+    return max(1, count)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = ""
@@ -84,6 +100,13 @@ class Settings:
     cache_memory_bytes: int = 64 * 1024 * 1024
     upstream_pool_per_host: int = 64
     drain_seconds: float = 30.0
+    # Hostile callers (contract revision 3); every count is per gateway process.
+    client_header_timeout: float = 10.0
+    client_body_timeout: float = 30.0
+    client_body_min_rate: int = 1024
+    upstream_pool_timeout: float = 5.0
+    upstream_space_share: float = 0.5
+    max_connections: int = 10000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:
@@ -95,7 +118,10 @@ class Settings:
         failure = env.get("GATEWAY_RATE_LIMIT_FAILURE") or "local"
         if failure not in ("local", "open", "closed"):
             raise ConfigError("Config 'GATEWAY_RATE_LIMIT_FAILURE' must be local, open or closed")
-        default_workers = (os.cpu_count() or 1) if redis_url else 1
+        default_workers = usable_cpus() if redis_url else 1
+        share = _number(env, "GATEWAY_UPSTREAM_SPACE_SHARE", 0.5)
+        if not 0 < share <= 1:
+            raise ConfigError(f"Config 'GATEWAY_UPSTREAM_SPACE_SHARE' must be greater than 0 and at most 1, got {share:g}")
         return cls(
             database_url=env.get("DATABASE_URL", ""),
             redis_url=redis_url,
@@ -123,6 +149,12 @@ class Settings:
             cache_memory_bytes=_integer(env, "GATEWAY_CACHE_MEMORY_BYTES", 64 * 1024 * 1024),
             upstream_pool_per_host=_integer(env, "GATEWAY_UPSTREAM_POOL_PER_HOST", 64, minimum=1),
             drain_seconds=_number(env, "GATEWAY_DRAIN_SECONDS", 30.0),
+            client_header_timeout=_number(env, "GATEWAY_CLIENT_HEADER_TIMEOUT", 10.0, minimum=0.001),
+            client_body_timeout=_number(env, "GATEWAY_CLIENT_BODY_TIMEOUT", 30.0, minimum=0.001),
+            client_body_min_rate=_integer(env, "GATEWAY_CLIENT_BODY_MIN_RATE", 1024),
+            upstream_pool_timeout=_number(env, "GATEWAY_UPSTREAM_POOL_TIMEOUT", 5.0, minimum=0.001),
+            upstream_space_share=share,
+            max_connections=_integer(env, "GATEWAY_MAX_CONNECTIONS", 10000, minimum=1),
         )
 
     def require(self, *names: str) -> None:
