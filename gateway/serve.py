@@ -198,6 +198,12 @@ class GatewayWorker(GunicornUVLoopWebWorker):  # type: ignore[misc]
     """aiohttp's uvloop worker. The app comes as a GatewayRunner (gateway/connections.py), which
     carries the server options and the connection bounds that aiohttp's default runner lacks."""
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # SIGTERM: start draining now. gunicorn's handler only clears `alive`, which aiohttp's
+        # worker looks at once a second; meanwhile it would go on accepting new connections.
+        super().handle_exit(sig, frame)
+        self._notify_waiter_done()
+
 
 def _effective(settings: Settings) -> Settings:
     from gateway.connections import fit_open_file_limit
@@ -252,6 +258,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int,
     metrics_dir = os.environ.get(MULTIPROC_ENV) or tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
     metrics_sockets: list[socket.socket] = []
+    arbiter_pid = os.getpid()
     try:
         if settings.metrics_port:
             metrics_sockets = bind(settings.metrics_host, settings.metrics_port)
@@ -260,7 +267,15 @@ def serve(settings: Settings, *, host: str, port: int, workers: int,
         application.metrics_sockets = metrics_sockets
         application.run()
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+        code = exc.code if isinstance(exc.code, int) else 1
+        if os.getpid() != arbiter_pid:
+            # A worker leaves gunicorn with SystemExit, through the frames it inherited from the
+            # arbiter: it must not run their clean-ups (this function's, the demo's database stop).
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     finally:
         for sock in metrics_sockets:
             sock.close()
