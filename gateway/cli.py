@@ -112,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()  # JSON lines on stderr, secrets redacted (gateway/logs.py)
+    # A bare exception class: importing it runs nothing of the development services.
+    from gateway.dev.errors import DevServiceError
+
     try:
         return int(args.run(args, Settings.from_env()))
-    except ConfigError as exc:
+    except (ConfigError, DevServiceError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
 

@@ -116,12 +116,11 @@ def postgres_server() -> Iterator[str]:
         yield dsn
         return
     with tempfile.TemporaryDirectory(prefix="pgw-test-pg-") as tmp:
-        os.chmod(tmp, 0o755)
-        server = devservices.start_postgres(Path(tmp) / "data")
+        server = devservices.start_postgres(Path(tmp) / "data")  # as root: maybe under /var/tmp
         try:
             yield server.dsn
         finally:
-            server.stop()
+            server.stop(discard=True)
 
 
 @pytest.fixture(scope="session")

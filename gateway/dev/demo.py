@@ -1,10 +1,11 @@
 """`gateway demo`: everything a newcomer needs to see a proxied call, in one command.
 
 Uses DATABASE_URL when it answers, else a throwaway PostgreSQL of its own under the data
-directory (the system's binaries, or those of the `pgserver` wheel); generates the development
-keys once and keeps them there (so a restart still decrypts what it stored); migrates; creates a
-demo user who owns a demo space, and an approved demo plugin installed there whose upstream runs
-beside the gateway on loopback; prints ready-to-paste curl commands; serves.
+directory (the system's binaries, or those of the `pgserver` wheel; as root, under /var/tmp when
+the unprivileged user it runs as cannot reach the data directory); generates the development keys
+once and keeps them there (so a restart still decrypts what it stored); migrates; creates a demo
+user who owns a demo space, and an approved demo plugin installed there whose upstream runs beside
+the gateway on loopback; prints ready-to-paste curl commands; serves.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from db.encryption import KeyRing, associated_data, generate_key_ring_entry
 from db.migrate import migrate
 from gateway.dev import services
 from gateway.dev.demo_plugin import API_KEY_HEADER, demo_plugin_ctx
+from gateway.dev.errors import DevServiceError
 from gateway.settings import Settings
 
 KEYS_FILE = "dev-keys.env"
@@ -117,16 +119,12 @@ async def _demo_rows(dsn: str, keyring: KeyRing, plugin_url: str, plugin_key: st
 
 
 def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
-    from gateway.app import create_app
-    from gateway.cli import require_c_parser, run_server
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o755)  # a PostgreSQL running as another user must reach its data dir
+    _make_data_dir(data_dir)
+    started_by = os.getpid()
     local_pg = None
     dsn = os.environ.get("DATABASE_URL", "")
     if not services.postgres_answers(dsn):
-        print("DATABASE_URL is unset or does not answer: starting a local PostgreSQL in", data_dir / "postgres")
-        local_pg = services.start_postgres(data_dir / "postgres", port=_stable_port(data_dir))
+        local_pg = _start_local_postgres(data_dir)
         dsn = local_pg.dsn
     try:
         redis_url = os.environ.get("REDIS_URL", "")
@@ -150,14 +148,35 @@ def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
               f"  curl -s -H 'Authorization: Bearer {token}' {base}/api/v1/services\n"
               f"  curl -s {base}/readyz\n", flush=True)
         (data_dir / "demo-token").write_text(token)
+        from gateway.serve import require_c_parser, serve
+
         require_c_parser()
-        app = create_app(settings)
-        app.cleanup_ctx.insert(0, demo_plugin_ctx(plugin_port, plugin_key))
-        run_server(app, host or settings.host, port or settings.port)
+        return serve(settings, host=host or settings.host, port=port or settings.port, workers=1,
+                     configure_app=lambda app: app.cleanup_ctx.insert(0, demo_plugin_ctx(plugin_port, plugin_key)))
     finally:
-        if local_pg is not None:
+        # gunicorn's workers are forks of this process and leave through this same stack (its
+        # sys.exit in the child): only the process that started PostgreSQL stops it.
+        if local_pg is not None and os.getpid() == started_by:
             local_pg.stop()
-    return 0
+
+
+def _make_data_dir(data_dir: Path) -> None:
+    # Created with the user's umask and never chmod-ed: when PostgreSQL runs as another user who
+    # cannot reach it, services.start_postgres keeps the cluster elsewhere instead.
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DevServiceError(f"cannot use {data_dir} as the demo's data directory: it is not a directory")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DevServiceError(f"cannot use {data_dir} as the demo's data directory: {exc.strerror}") from None
+
+
+def _start_local_postgres(data_dir: Path) -> services.LocalPostgres | services.WheelPostgres:
+    port = _stable_port(data_dir)
+    print(f"DATABASE_URL is unset or does not answer: starting a local PostgreSQL on 127.0.0.1:{port}", flush=True)
+    local_pg = services.start_postgres(data_dir / "postgres", port=port)
+    print(f"PostgreSQL's data lives in {local_pg.where()}", flush=True)
+    return local_pg
 
 
 def _stable_port(data_dir: Path) -> int:
