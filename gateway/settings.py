@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 
@@ -43,6 +44,19 @@ def _integer(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0
     if value != int(value):
         raise ConfigError(f"Config '{key}' must be a whole number")
     return int(value)
+
+
+def _networks(env: Mapping[str, str], key: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Comma-separated CIDRs (a bare address is a /32 or /128)."""
+    networks = []
+    for item in (part.strip() for part in env.get(key, "").split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"Config '{key}' must be comma-separated CIDRs, got {item!r}") from None
+    return tuple(networks)
 
 
 def _flag(env: Mapping[str, str], key: str, default: bool) -> bool:
@@ -107,6 +121,11 @@ class Settings:
     upstream_pool_timeout: float = 5.0
     upstream_space_share: float = 0.5
     max_connections: int = 10000
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    auth_failures_per_minute: int = 60
+    caller_cache_ttl: float = 60.0
+    cache_max_ttl: int = 86400
+    cache_redis_url: str = ""  # the response cache's Redis; from_env defaults it to REDIS_URL
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:
@@ -155,6 +174,11 @@ class Settings:
             upstream_pool_timeout=_number(env, "GATEWAY_UPSTREAM_POOL_TIMEOUT", 5.0, minimum=0.001),
             upstream_space_share=share,
             max_connections=_integer(env, "GATEWAY_MAX_CONNECTIONS", 10000, minimum=1),
+            trusted_proxies=_networks(env, "GATEWAY_TRUSTED_PROXIES"),
+            auth_failures_per_minute=_integer(env, "GATEWAY_AUTH_FAILURES_PER_MINUTE", 60, minimum=1),
+            caller_cache_ttl=_number(env, "GATEWAY_CALLER_CACHE_TTL", 60.0, minimum=0.001),
+            cache_max_ttl=_integer(env, "GATEWAY_CACHE_MAX_TTL", 86400, minimum=1),
+            cache_redis_url=env.get("GATEWAY_CACHE_REDIS_URL") or redis_url,
         )
 
     def require(self, *names: str) -> None:
