@@ -1,8 +1,12 @@
 """The response cache: storage and coordination only (the pipeline decides HIT/MISS/BYPASS).
 
-L1 is an in-process LRU bounded in bytes; L2 is Redis, shared by every node. Without Redis
-(not configured, failing, paused) the cache is L1 only: a failed read is a miss, a failed write
-is dropped, and RedisLink has already counted the failure (style.md §8).
+L1 is an in-process LRU bounded in bytes, in which no space holds more than a quarter
+(GATEWAY_CACHE_MEMORY_BYTES / 4): a space past its quarter evicts its own least recently used
+entries, never another space's. L2 is Redis, shared by every node: the cache's own Redis
+(GATEWAY_CACHE_REDIS_URL, default REDIS_URL), because rate-limit counters carry expiries and no
+eviction policy of one shared Redis suits both. Without Redis (not configured, failing, paused)
+the cache is L1 only: a failed read is a miss, a failed write is dropped, and RedisLink has
+already counted the failure (style.md §8).
 
 Concurrent misses for one key are coalesced by `flight()`: on this node with a per-key lock, and
 across nodes with a short Redis lock (`pgw:cl:<key>`) whose losers poll for the winner's entry.
@@ -15,25 +19,27 @@ import hashlib
 import secrets
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from uuid import UUID
 
 import orjson
-from cachetools import LRUCache
 
 from gateway.redis_link import RedisLink, RedisUnavailable
+from gateway.settings import Settings
 from routing.table import Route
 
-__all__ = ["CachedResponse", "Flight", "ResponseCache", "cache_key", "cacheable"]
+__all__ = ["CachedResponse", "Flight", "MemoryCache", "ResponseCache", "cache_key", "cacheable", "space_of"]
 
 CACHEABLE_STATUSES = frozenset({200, 301, 404})
 ENTRY_PREFIX = "pgw:c:"
 LOCK_PREFIX = "pgw:cl:"
 LOCK_MS = 5000              # the cross-node lock outlives a normal upstream call, not a stuck one
 POLL_SECONDS = 0.02         # how often a node waiting on another node's lock looks for its entry
-ENTRY_OVERHEAD = 256        # bytes charged per L1 entry on top of body and headers (objects, LRU links)
+ENTRY_OVERHEAD = 256        # bytes charged per L1 entry on top of key, body and headers (objects, LRU links)
+SPACE_SHARE = 4             # no space holds more than 1/SPACE_SHARE of L1 (contract: a quarter)
 _HEADER_LEN = struct.Struct(">I")
 # Delete the lock only if it is still ours: after LOCK_MS another node may hold it.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -87,8 +93,10 @@ class Flight:
 def cache_key(*, space_id: UUID | str, caller: str | None, route: Route,
               installation_id: UUID | str | None, installation_version: str, method: str,
               path: str, raw_query: str, accept: str, accept_encoding: str) -> str:
-    """The one place a cache key is built. Route and installation versions are part of it, so a
-    changed route or installation never serves an old answer (its entries just expire)."""
+    """The one place a cache key is built: `<service id>:<space id>:<digest>`. Route and
+    installation versions are part of the digest, so a changed route or installation never serves
+    an old answer (its entries just expire). The service leads so that a purge can match a
+    prefix; the space follows so that L1 can hold each space to its share."""
     if route.options.get("cache_scope") == "space":
         caller = None  # the route shares its answers across the space
     # str(): ids may be asyncpg's own UUID type, which orjson does not know.
@@ -96,7 +104,13 @@ def cache_key(*, space_id: UUID | str, caller: str | None, route: Route,
              method, path, raw_query, accept, accept_encoding)
     # A JSON array keeps the fields apart: no separator inside a value can forge another key.
     digest = hashlib.sha256(orjson.dumps(parts)).hexdigest()
-    return f"{route.service_id}:{digest}"
+    return f"{route.service_id}:{space_id}:{digest}"
+
+
+def space_of(key: str) -> str:
+    """The space a key (from `cache_key`) belongs to; "" for a key built some other way."""
+    parts = key.split(":", 2)
+    return parts[1] if len(parts) == 3 else ""
 
 
 def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
@@ -128,8 +142,87 @@ def cacheable(status: int, headers: Mapping[str, str], size: int | None, max_bod
     return True
 
 
-def _entry_size(response: CachedResponse) -> int:
-    return len(response.body) + sum(len(n) + len(v) for n, v in response.headers) + ENTRY_OVERHEAD
+def _entry_size(key: str, response: CachedResponse) -> int:
+    return (len(key) + len(response.body) + sum(len(n) + len(v) for n, v in response.headers)
+            + ENTRY_OVERHEAD)
+
+
+class _Space:
+    __slots__ = ("order", "size")
+
+    def __init__(self) -> None:
+        self.order: OrderedDict[str, None] = OrderedDict()  # this space's keys, least recent first
+        self.size = 0
+
+
+class MemoryCache:
+    """L1: an LRU bounded in bytes (`max_bytes`), in which no space holds more than `space_bytes`.
+
+    An insert that would take its space past `space_bytes` first evicts that space's own least
+    recently used entries; only what is still missing then comes off the whole cache's least
+    recently used end. One space filling the cache therefore never pushes out another space's
+    entries: it holds at most its share, the rest stays for everyone else.
+    """
+
+    def __init__(self, max_bytes: int, space_bytes: int) -> None:
+        self.max_bytes = max(max_bytes, 1)
+        self.space_bytes = max(min(space_bytes, self.max_bytes), 1)
+        self.size = 0
+        self._entries: OrderedDict[str, tuple[CachedResponse, int]] = OrderedDict()
+        self._spaces: dict[str, _Space] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def space_size(self, space: str) -> int:
+        """Bytes charged to a space now."""
+        found = self._spaces.get(space)
+        return found.size if found is not None else 0
+
+    def get(self, key: str) -> CachedResponse | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        self._entries.move_to_end(key)
+        self._spaces[space_of(key)].order.move_to_end(key)
+        return found[0]
+
+    def put(self, key: str, response: CachedResponse) -> bool:
+        """Store (or replace) an entry; False when it is larger than a space's share."""
+        self.pop(key)
+        size = _entry_size(key, response)
+        if size > self.space_bytes:
+            return False
+        space_id = space_of(key)
+        space = self._spaces.get(space_id)
+        while space is not None and space.size + size > self.space_bytes:
+            self.pop(next(iter(space.order)))  # the space's own least recently used
+            space = self._spaces.get(space_id)  # gone once its last entry is
+        while self.size + size > self.max_bytes:
+            self.pop(next(iter(self._entries)))
+        space = self._spaces.setdefault(space_id, _Space())
+        self._entries[key] = (response, size)
+        space.order[key] = None
+        space.size += size
+        self.size += size
+        return True
+
+    def pop(self, key: str) -> CachedResponse | None:
+        found = self._entries.pop(key, None)
+        if found is None:
+            return None
+        response, size = found
+        space_id = space_of(key)
+        space = self._spaces[space_id]
+        del space.order[key]
+        space.size -= size
+        self.size -= size
+        if not space.order:
+            del self._spaces[space_id]  # no empty records of spaces seen once
+        return response
 
 
 class _Slot:
@@ -150,25 +243,36 @@ class ResponseCache:
         self.clock = clock  # the pipeline stamps stored_at and computes Age with this clock too
         self.max_body_bytes = max_body_bytes
         self.flight_timeout = flight_timeout
-        self._l1: LRUCache[str, CachedResponse] = LRUCache(max(memory_bytes, 1), getsizeof=_entry_size)
+        self._l1 = MemoryCache(memory_bytes, memory_bytes // SPACE_SHARE)
         self._slots: dict[str, _Slot] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResponseCache:
+        """The cache with its own Redis link: GATEWAY_CACHE_REDIS_URL, else REDIS_URL (a Settings
+        built in code may leave cache_redis_url empty). Close it with `close()`."""
+        link = RedisLink(settings.cache_redis_url or settings.redis_url, settings.redis_timeout)
+        return cls(link, memory_bytes=settings.cache_memory_bytes,
+                   max_body_bytes=settings.cache_max_body_bytes)
+
+    @property
+    def link(self) -> RedisLink:
+        """The cache's Redis (L2)."""
+        return self._link
+
+    async def close(self) -> None:
+        await self._link.close()
 
     # -- storage ------------------------------------------------------------------------------
 
     def _get_local(self, key: str) -> CachedResponse | None:
         entry = self._l1.get(key)
         if entry is not None and entry.expires_at <= self.clock():
-            self._l1.pop(key, None)
+            self._l1.pop(key)
             return None
         return entry
 
     def _put_local(self, key: str, response: CachedResponse) -> bool:
-        try:
-            self._l1[key] = response
-        except ValueError:  # larger than the whole L1: Redis only
-            self._l1.pop(key, None)
-            return False
-        return True
+        return self._l1.put(key, response)  # False: larger than a space's share, Redis only
 
     async def get(self, key: str) -> CachedResponse | None:
         entry = self._get_local(key)
@@ -210,9 +314,9 @@ class ResponseCache:
         return len(self._drop_local(f"{service_id}:"))
 
     def _drop_local(self, prefix: str) -> set[str]:
-        doomed = {key for key in list(self._l1.keys()) if key.startswith(prefix)}
+        doomed = {key for key in self._l1.keys() if key.startswith(prefix)}
         for key in doomed:
-            self._l1.pop(key, None)
+            self._l1.pop(key)
         return doomed
 
     async def purge_service(self, service_id: UUID | str) -> int:

@@ -206,7 +206,8 @@ async def test_l1_is_bounded_in_bytes() -> None:
     local = RedisLink("", timeout=0.05)  # no Redis: L1 only, as in single-node mode
     cache = node(local, memory_bytes=50_000)
     route = make_route()
-    keys = [cache_key(**key_inputs(route, path=f"/{i}")) for i in range(20)]
+    # One space each: the whole cache's bound, not a space's quarter (tests/proxy/test_cache_bounds.py).
+    keys = [cache_key(**key_inputs(route, path=f"/{i}", space_id=UUID(int=100 + i))) for i in range(20)]
     for key in keys:
         await cache.put(key, response(b"z" * 5_000))  # 100 kB in total, twice the budget
     kept = [await cache.get(key) is not None for key in keys]
