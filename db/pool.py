@@ -1,15 +1,25 @@
-"""The asyncpg pool, and transactions that carry the caller for row-level security and audit."""
+"""The asyncpg pool, and transactions that carry the caller for row-level security and audit.
+
+Every PostgreSQL failure the gateway meets on a connection made here is reported to the
+listeners of `add_failure_listener` (the gateway counts them in
+gateway_dependency_errors_total{dependency="postgres"}): a connection that could not be opened
+(the pool's first one, or one it opens again after the server went away), and a call on an open
+one that failed because the server went away or did not answer in time. `db/` never imports the
+gateway, hence the listeners.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.connection import LoggedQuery
 
 from db.errors import DatabaseUnavailable
 
@@ -18,6 +28,42 @@ log = logging.getLogger("gateway.db")
 # Errors meaning "the server is not there", as opposed to a bad query.
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                      asyncpg.InterfaceError, asyncio.TimeoutError)
+# What counts as a failure of PostgreSQL itself: the above, and a server shutting down under a
+# call (57P01/57P02). Not a bad query, a constraint, a cancellation.
+FAILURES = (*CONNECTION_ERRORS, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
+
+_failure_listeners: list[Callable[[BaseException], None]] = []
+
+
+def add_failure_listener(listener: Callable[[BaseException], None]) -> None:
+    """Call `listener(exc)` on every PostgreSQL failure met on a connection from `connect`."""
+    _failure_listeners.append(listener)
+
+
+def _failed(exc: BaseException) -> None:
+    for listener in _failure_listeners:
+        try:
+            listener(exc)
+        except Exception:  # a listener must never turn a counted failure into another one
+            log.exception("PostgreSQL failure listener failed")
+
+
+def _query_done(record: LoggedQuery) -> None:
+    if isinstance(record.exception, FAILURES):
+        _failed(record.exception)
+
+
+async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """`asyncpg.connect`, whose failures, and those of every call on the connection, are
+    reported (see the module's docstring). The pool opens its connections with it; so may any
+    other long-lived connection of the gateway (the change listener's)."""
+    try:
+        conn: asyncpg.Connection = await asyncpg.connect(*args, **kwargs)
+    except FAILURES as exc:
+        _failed(exc)
+        raise
+    conn.add_query_logger(_query_done)
+    return conn
 
 SET_CALLER = """
 SELECT set_config('app.user_id', $1, true), set_config('app.space_id', $2, true)
@@ -32,7 +78,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection,
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, connect=connect,
         command_timeout=30, timeout=5,
     )
 

@@ -7,6 +7,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from db import pool as db_pool
+
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
 # From 100 µs (a cache hit) to 30 s (the default upstream timeout).
@@ -32,10 +34,16 @@ RATE_LIMITED: Final = Counter(
 RATE_LIMIT_FALLBACK: Final = Counter(
     "gateway_rate_limit_fallback", "Rate-limit decisions taken without Redis, by failure mode",
     ["mode"], registry=REGISTRY)
+for _mode in ("local", "open", "closed"):  # GATEWAY_RATE_LIMIT_FAILURE's values, exported at 0
+    RATE_LIMIT_FALLBACK.labels(_mode)
 CACHE: Final = Counter(
     "gateway_cache", "Response cache lookups by outcome", ["service", "status"], registry=REGISTRY)
 DEPENDENCY_ERRORS: Final = Counter(
     "gateway_dependency_errors", "Failed calls to PostgreSQL or Redis", ["dependency"], registry=REGISTRY)
+for _dependency in ("postgres", "redis"):  # exported from the start, at 0, so rate() alerts work
+    DEPENDENCY_ERRORS.labels(_dependency)
+# db/ never imports the gateway: it reports its failures (db/pool.py) to whoever listens.
+db_pool.add_failure_listener(lambda exc: DEPENDENCY_ERRORS.labels("postgres").inc())
 # With several workers (PROMETHEUS_MULTIPROC_DIR set, see gateway/workers.py) each process writes
 # its own values and the master merges them: counters and histograms add up; these gauges report
 # the table most recently loaded by a live worker ("livemostrecent": a worker that has not loaded
