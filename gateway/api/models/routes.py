@@ -14,12 +14,13 @@ from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, Field, RootModel, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, RootModel, StringConstraints, ValidationInfo, field_validator
 
 from gateway.api.fields import (
     URL_MAX, AuthType, HttpMethod, PositiveInt, RequestModel, ResponseModel, http_url,
 )
 from gateway.api.models.common import AuthConfig
+from gateway.settings import Settings
 from routing.templates import TemplateError, compile_target, join_target, parse_template
 
 # RFC 3986 pchar: what a path segment may hold without being percent-encoded. The proxy's parser
@@ -89,6 +90,7 @@ def _target_url(value: str) -> str:
 RoutePath = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_route_path)]
 TargetUrl = Annotated[str, StringConstraints(min_length=1, max_length=URL_MAX), AfterValidator(_target_url)]
 Seconds = Annotated[float, Field(gt=0)]
+_DEFAULT_CACHE_MAX_TTL: Final = Settings().cache_max_ttl
 
 
 class RouteOptions(RequestModel):
@@ -106,8 +108,20 @@ class _RouteWritable(RequestModel):
     rate_limit: PositiveInt | None = None
     rate_limit_window: PositiveInt | None = None
     cache_enabled: bool = False
-    cache_ttl: PositiveInt | None = None
+    cache_ttl: Annotated[PositiveInt | None, Field(description=(
+        "Seconds an answer is kept. At most GATEWAY_CACHE_MAX_TTL (a setting of the gateway, "
+        "default 86400): a larger value is refused with 422."))] = None
     options: RouteOptions = Field(default_factory=RouteOptions)
+
+    @field_validator("cache_ttl")
+    @classmethod
+    def _cache_ttl_bound(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # The bound is a setting: the validation context is the gateway's Settings (the
+        # setting's default when validated without one).
+        limit = getattr(info.context, "cache_max_ttl", None) or _DEFAULT_CACHE_MAX_TTL
+        if value is not None and value > limit:
+            raise ValueError(f"must be at most {limit} seconds (GATEWAY_CACHE_MAX_TTL)")
+        return value
 
     def values(self) -> dict[str, Any]:
         """The fields sent, as columns; options keep only the ones given a value."""
