@@ -77,6 +77,12 @@ class MethodNotAllowed(GatewayError):
         super().__init__("Method not allowed here", headers={"Allow": ", ".join(allowed)})
 
 
+class RequestTimeout(GatewayError):
+    """The caller's request body stopped arriving, or arrived too slowly (the proxy's body deadlines)."""
+
+    status, type, title = 408, PROBLEM_BASE + "request-timeout", "Request Timeout"
+
+
 class Conflict(GatewayError):
     status, type, title = 409, PROBLEM_BASE + "conflict", "Conflict"
 

@@ -29,6 +29,13 @@ UPSTREAM_DURATION: Final = Histogram(
     ["service"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
 UPSTREAM_ERRORS: Final = Counter(
     "gateway_upstream_errors", "Upstream calls that failed, by kind", ["service", "kind"], registry=REGISTRY)
+CLIENT_BODY_ABORTED: Final = Counter(
+    "gateway_client_body_aborted",
+    "Proxied calls aborted because the caller sent its body too slowly: a gap longer than "
+    "GATEWAY_CLIENT_BODY_TIMEOUT (timeout) or under GATEWAY_CLIENT_BODY_MIN_RATE (min_rate)",
+    ["reason"], registry=REGISTRY)
+for _reason in ("timeout", "min_rate"):  # exported from the start, at 0
+    CLIENT_BODY_ABORTED.labels(_reason)
 RATE_LIMITED: Final = Counter(
     "gateway_rate_limited", "Requests refused by a rate limit", ["service", "route"], registry=REGISTRY)
 RATE_LIMIT_FALLBACK: Final = Counter(

@@ -18,6 +18,7 @@ from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
 from gateway.proxy.assertion import AssertionSigner
 from gateway.proxy.cache import ResponseCache
 from gateway.proxy.callers import CallerCache
+from gateway.proxy.pools import UpstreamPools
 from gateway.proxy.ratelimit import RateLimiter
 from gateway.proxy.resolver import PublicOnlyResolver
 from gateway.proxy.upstream_auth import UpstreamAuth
@@ -38,6 +39,7 @@ class ProxyRuntime:
     redis: RedisLink
     cache: ResponseCache
     limiter: RateLimiter
+    pools: UpstreamPools
 
 
 PROXY: Final = web.AppKey("proxy", ProxyRuntime)
@@ -49,12 +51,26 @@ def runtime_of(request: web.Request) -> ProxyRuntime:
     return request.app[PROXY]
 
 
+def upstream_pools(settings: Settings) -> UpstreamPools:
+    """The bound on proxied calls in flight per upstream host, shared fairly between spaces."""
+    return UpstreamPools(settings.upstream_pool_per_host, settings.upstream_space_share,
+                         settings.upstream_pool_timeout)
+
+
 def upstream_session(settings: Settings) -> aiohttp.ClientSession:
-    """One session for every upstream call: bounded keep-alive pool per host, no cookie jar
+    """One session for every upstream call: keep-alive connections per host, no cookie jar
     (one tenant's cookies must never reach another), nothing decompressed or added on our own."""
     connector = aiohttp.TCPConnector(
-        limit=0,  # the bound that matters is per host: one slow plugin cannot take every slot
-        limit_per_host=settings.upstream_pool_per_host,
+        # No limits here: the connector's own queue is first come, first served and has no
+        # deadline, so one space could hold a plugin's every connection and everyone else would
+        # wait behind it without end. The fair pools (gateway.proxy.pools) bound proxied calls
+        # per host instead, GATEWAY_UPSTREAM_POOL_PER_HOST of them, and a call holds its slot for
+        # its whole exchange, so connections in use per host stay within that; the idle ones are
+        # reused or closed after keepalive_timeout. The only other calls are OAuth2 token
+        # requests, one at a time per installation (gateway.proxy.upstream_auth), each made by a
+        # proxied call that holds a slot: they are bounded by the slots too.
+        limit=0,
+        limit_per_host=0,
         resolver=None if settings.allow_private_upstreams else PublicOnlyResolver(),
         ttl_dns_cache=10,
         keepalive_timeout=30,
@@ -96,7 +112,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload)
     limiter = RateLimiter(redis_link, settings.rate_limit_failure)
     app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth,
-                              redis_link, cache, limiter)
+                              redis_link, cache, limiter, upstream_pools(settings))
     tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run_flusher())]
     if redis_link.configured:
         tasks.append(asyncio.create_task(limiter.run_heartbeat()))
