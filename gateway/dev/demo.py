@@ -129,7 +129,9 @@ def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
     try:
         redis_url = os.environ.get("REDIS_URL", "")
         # The demo plugin listens on loopback, which production refuses (upstream safety).
-        env = {**os.environ, **development_keys(data_dir), "DATABASE_URL": dsn,
+        # A development gateway needs no 10,000 connections; the default would warn on a laptop's
+        # open-file limit.
+        env = {"GATEWAY_MAX_CONNECTIONS": "1000", **os.environ, **development_keys(data_dir), "DATABASE_URL": dsn,
                "REDIS_URL": redis_url if services.redis_answers(redis_url) else "",
                "GATEWAY_ALLOW_PRIVATE_UPSTREAMS": "true", "GATEWAY_WORKERS": "1"}
         settings = Settings.from_env(env)
