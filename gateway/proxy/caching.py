@@ -85,7 +85,10 @@ async def cached(ctx: ProxyContext, terminal: Terminal) -> web.StreamResponse:
                 entry = await cache.get(key)
             if entry is None:
                 metrics.CACHE.labels(slug, "miss").inc()
-                return await _fetch_and_store(ctx, terminal, key, route.cache_ttl)
+                # A row written before GATEWAY_CACHE_MAX_TTL was enforced (or straight into the
+                # table) is held to it too.
+                ttl = min(route.cache_ttl, rt.settings.cache_max_ttl)
+                return await _fetch_and_store(ctx, terminal, key, ttl)
     metrics.CACHE.labels(slug, "hit").inc()
     return _serve(ctx, entry, cache.clock())
 
