@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from gateway.appkeys import SETTINGS
 from gateway.errors import MalformedRequest, NotFound, UnsupportedMediaType, ValidationFailed
 
 API_PREFIX = "/api/v1"
@@ -128,7 +129,8 @@ async def read_body(request: web.Request, adapter: TypeAdapter[Any]) -> Any:
         raise ValidationFailed([{"field": _field_name(nul), "message": "must not contain NUL characters"}])
     try:
         # JSON mode with strict models: no "1" → 1 coercion, but ISO strings still become UUIDs.
-        return adapter.validate_json(raw, strict=True)
+        # The app's Settings as the validation context: bounds that are settings (cache_max_ttl).
+        return adapter.validate_json(raw, strict=True, context=request.app.get(SETTINGS))
     except ValidationError as exc:
         raise ValidationFailed(validation_errors(exc)) from None
 

@@ -66,8 +66,6 @@ def test_the_models_take_the_bound_from_the_settings_they_are_validated_with() -
         RouteCreate.model_validate_json(orjson.dumps(route_body(cache_ttl=DEFAULT_MAX + 1)), strict=True)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/api/registry.py:read_body does not yet pass the app's "
-                                       "Settings as the validation context (context=request.app[SETTINGS])")
 async def test_the_api_honours_a_configured_bound(aiohttp_client: Any, database_url: str, make: Factory) -> None:
     client = await aiohttp_client(create_app(make_settings(database_url, cache_max_ttl=60)),
                                   server_kwargs=SERVER_OPTIONS)
