@@ -89,8 +89,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = upstream_session(settings)
     redis_link = RedisLink(settings.redis_url, settings.redis_timeout)
-    cache = ResponseCache(redis_link, memory_bytes=settings.cache_memory_bytes,
-                          max_body_bytes=settings.cache_max_body_bytes)
+    cache = ResponseCache.from_settings(settings)  # its own Redis: GATEWAY_CACHE_REDIS_URL
     callers = CallerCache(app[DB])
     upstream_auth = UpstreamAuth(app[KEYRING], session, allow_private=settings.allow_private_upstreams)
 
@@ -126,3 +125,4 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         await limiter.leave()
     await session.close()
     await redis_link.close()
+    await cache.close()
