@@ -137,7 +137,10 @@ _TRANSLATIONS: dict[type[BaseException], Callable[[Any], GatewayError]] = {
     asyncpg.UniqueViolationError: lambda e: Conflict("A resource with these values already exists"),
     asyncpg.ForeignKeyViolationError: lambda e: ValidationFailed([{"field": "body", "message": "refers to a row that does not exist"}]),
     asyncpg.PostgresConnectionError: lambda e: ServiceUnavailable("The database is unavailable; try again shortly"),
-    asyncpg.CannotConnectNowError: lambda e: ServiceUnavailable("The database is unavailable; try again shortly"),
+    # 57xxx: the server is shutting down, crashed, or not accepting connections yet.
+    asyncpg.OperatorInterventionError: lambda e: ServiceUnavailable("The database is unavailable; try again shortly"),
+    # asyncpg's state machine, broken by a connection lost mid-call during an outage.
+    asyncpg.InternalClientError: lambda e: ServiceUnavailable("The database is unavailable; try again shortly"),
     asyncpg.InterfaceError: lambda e: ServiceUnavailable("The database is unavailable; try again shortly"),
     ConnectionError: lambda e: ServiceUnavailable(),
     OSError: lambda e: ServiceUnavailable(),

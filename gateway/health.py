@@ -7,9 +7,9 @@ import time
 from aiohttp import web
 
 from db.migrate import pending_migrations
-from db.pool import CONNECTION_ERRORS
 from gateway.appkeys import DB
 from gateway.proxy.runtime import PROXY
+from gateway.redis_link import RedisLink
 
 READY_SINCE = web.AppKey("ready_since", float)
 PENDING_MIGRATIONS = web.AppKey("pending_migrations", list)
@@ -25,9 +25,15 @@ async def _database_answers(request: web.Request) -> bool:
         return False
     try:
         await pool.fetchval("SELECT 1", timeout=1)
-    except CONNECTION_ERRORS:
+    except Exception:  # noqa: BLE001 - a probe answers "down", never 500 (asyncpg's errors mid-outage vary)
         return False
     return True
+
+
+async def _redis_state(link: RedisLink) -> str:
+    if not link.configured:
+        return "not configured"
+    return "up" if await link.ping() else "down"
 
 
 async def mark_ready_when_possible(app: web.Application) -> None:
@@ -51,8 +57,8 @@ async def readyz(request: web.Request) -> web.Response:
     age = loader.age
     body: dict[str, object] = {
         "database": "up" if database else "down",
-        "redis": ("up" if await app[PROXY].redis.ping() else "down") if app[PROXY].redis.configured
-                 else "not configured",
+        "redis": await _redis_state(app[PROXY].redis),
+        "cache_redis": await _redis_state(app[PROXY].cache.link),  # GATEWAY_CACHE_REDIS_URL, else REDIS_URL
         "route_table": {"loaded": age is not None, "age_seconds": None if age is None else round(age, 3),
                         "routes": loader.state.table.size, "listening_for_changes": loader.listening,
                         # Not listening means changes may be missed: the table may be stale.
