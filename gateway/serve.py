@@ -38,7 +38,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.worker import GunicornUVLoopWebWorker
@@ -119,7 +119,7 @@ class GatewayLogger(glogging.Logger):  # type: ignore[misc]
 class GatewayArbiter(Arbiter):  # type: ignore[misc]
     def handle_hup(self) -> None:
         # gunicorn halts the whole server when new workers cannot boot: check first.
-        problem = check_reload()
+        problem = check_reload(self.app.environ)
         if problem:
             self.log.error("SIGHUP ignored, the workers keep serving: the new code or settings fail: %s", problem)
             return
@@ -128,9 +128,9 @@ class GatewayArbiter(Arbiter):  # type: ignore[misc]
 
 class GatewayApplication(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, *, host: str, port: int, workers: int,
-                 configure_app: AppHook | None = None) -> None:
+                 configure_app: AppHook | None = None, environ: Mapping[str, str] | None = None) -> None:
         self.settings, self.host, self.port, self.workers = settings, host, port, workers
-        self.configure_app = configure_app
+        self.configure_app, self.environ = configure_app, environ
         self.metrics_sockets: list[socket.socket] = []
         self.configured = False
         super().__init__(prog="gateway serve")
@@ -138,7 +138,7 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         if self.configured:  # a reload (SIGHUP): settings anew; check_reload has vetted them
             try:
-                self.settings = _effective(Settings.from_env())
+                self.settings = _effective(Settings.from_env(self.environ))
             except ConfigError as exc:  # changed between the check and now: keep the old ones
                 log.error("SIGHUP: settings unchanged: %s", exc)
         settings = self.settings
@@ -213,14 +213,15 @@ def _effective(settings: Settings) -> Settings:
 
 # --- checking a reload ----------------------------------------------------------------------
 
-def check_reload() -> str | None:
+def check_reload(environ: Mapping[str, str] | None = None) -> str | None:
     """Import the application as it is on disk now, in a fresh interpreter with this process's
-    import path, and build it with settings read anew; None when that works, else its error."""
+    import path, and build it with settings read anew from `environ` (default: this process's);
+    None when that works, else its error."""
     code = f"import sys; sys.path[:] = {sys.path!r}; from gateway.serve import _check; _check()"
+    env = {k: v for k, v in (os.environ if environ is None else environ).items() if k != MULTIPROC_ENV}
     try:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              timeout=CHECK_TIMEOUT_SECONDS, env={k: v for k, v in os.environ.items()
-                                                                  if k != MULTIPROC_ENV})
+                              timeout=CHECK_TIMEOUT_SECONDS, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"the check could not run: {exc}"
     if done.returncode == 0:
@@ -245,9 +246,10 @@ def _check() -> None:
 # --- the entry point --------------------------------------------------------------------------
 
 def serve(settings: Settings, *, host: str, port: int, workers: int,
-          configure_app: AppHook | None = None) -> int:
+          configure_app: AppHook | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT; `configure_app` is called on each worker's app (the
-    demo adds its plugin there). Returns the exit status."""
+    demo adds its plugin there); `environ` is where a SIGHUP reads the settings again (default:
+    the process environment; the demo passes its own). Returns the exit status."""
     settings.require(*REQUIRED_FOR_SERVE)
     require_c_parser()
     if workers > 1 and not settings.redis_url:
@@ -263,7 +265,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int,
         if settings.metrics_port:
             metrics_sockets = bind(settings.metrics_host, settings.metrics_port)
         application = GatewayApplication(_effective(settings), host=host, port=port, workers=workers,
-                                         configure_app=configure_app)
+                                         configure_app=configure_app, environ=environ)
         application.metrics_sockets = metrics_sockets
         application.run()
     except SystemExit as exc:

@@ -154,7 +154,8 @@ def run_demo(data_dir: Path, host: str | None, port: int | None) -> int:
 
         require_c_parser()
         return serve(settings, host=host or settings.host, port=port or settings.port, workers=1,
-                     configure_app=lambda app: app.cleanup_ctx.insert(0, demo_plugin_ctx(plugin_port, plugin_key)))
+                     configure_app=lambda app: app.cleanup_ctx.insert(0, demo_plugin_ctx(plugin_port, plugin_key)),
+                     environ=env)  # a SIGHUP reads the demo's settings again, not the bare environment
     finally:
         # gunicorn's workers are forks of this process and leave through this same stack (its
         # sys.exit in the child): only the process that started PostgreSQL stops it.
