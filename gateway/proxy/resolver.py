@@ -2,18 +2,22 @@
 
 The check and the connection use the same DNS answer: aiohttp connects to exactly the
 addresses this resolver returns, so a second, different answer (DNS rebinding) cannot slip in
-between the check and the connect.
+between the check and the connect. Lookups go through the event loop's shared, bounded c-ares
+resolver (gateway.upstream_safety.Lookups), the same one registration checks use, so a flood of
+slow names neither takes the default thread pool nor runs without bound.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
-from gateway.upstream_safety import address_is_public
+from gateway.upstream_safety import (
+    LookupFailed, Lookups, address_is_public, literal_address, shared_lookups,
+)
+
+_NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
 
 
 class UpstreamRefused(OSError):
@@ -21,29 +25,33 @@ class UpstreamRefused(OSError):
 
 
 class PublicOnlyResolver(AbstractResolver):
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner or DefaultResolver()
+    """`lookups` defaults to the running loop's shared one (looked up at each call, so a resolver
+    built before the loop runs, or reused by a test on another loop, still finds its own)."""
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        public = [r for r in results if address_is_public(r["host"])]
+    def __init__(self, lookups: Lookups | None = None) -> None:
+        self._lookups = lookups
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        try:
+            found = await (self._lookups or shared_lookups()).resolve(host, port, family)
+        except LookupFailed as exc:
+            raise OSError(None, str(exc)) from None  # aiohttp turns this into a DNS connect error
+        public = [ResolveResult(hostname=host, host=a.host, port=a.port, family=a.family, proto=0,
+                                flags=_NUMERIC)
+                  for a in found if address_is_public(a.host)]
         if not public:
             raise UpstreamRefused(f"upstream {host!r} is not a public address")
         return public
 
     async def close(self) -> None:
-        await self._inner.close()
+        """Nothing of its own to close: the shared lookups outlive one connector."""
 
 
 def literal_address_refused(host: str) -> bool:
     """aiohttp skips the resolver for IP literals, so those are checked before connecting."""
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return not address_is_public(host.strip("[]"))
+    literal = literal_address(host)
+    return literal is not None and not address_is_public(literal)
 
 
-__all__: list[Any] = ["PublicOnlyResolver", "UpstreamRefused", "literal_address_refused"]
+__all__ = ["PublicOnlyResolver", "UpstreamRefused", "literal_address_refused"]
