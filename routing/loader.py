@@ -2,7 +2,9 @@
 
 Changes arrive through LISTEN/NOTIFY (migration 20250101000800) and trigger a debounced
 reload; a periodic check of a cheap fingerprint is the safety net for missed notifications.
-While PostgreSQL is unreachable, the last state keeps serving and `age` grows.
+While PostgreSQL is unreachable, the last state keeps serving and `age` grows. An installation's
+route that no longer keeps to the vendor's own hosts (`installation_route_problems`) is left out
+of the table with a warning naming it, so it answers 404 rather than reach another host.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 import orjson
+from yarl import URL
 
 from db import proxy_state
 from db.pool import CONNECTION_ERRORS, Database
@@ -66,6 +69,58 @@ class ProxyState:
         return self.installations.get((space_id, slug))
 
 
+Origin = tuple[str, str, int]  # scheme, host (lower case, IDNA), port (the default one if none)
+
+
+def origin_of(url: str | None) -> Origin | None:
+    """The origin of an absolute http(s) URL; None for anything else (a path, garbage)."""
+    if not url:
+        return None
+    try:
+        parsed = URL(url)
+        host, port = parsed.raw_host, parsed.port
+    except (TypeError, ValueError):
+        return None
+    if parsed.scheme not in ("http", "https") or not host or port is None:
+        return None
+    return parsed.scheme, host.lower(), port
+
+
+def vendor_origins(api_base_url: str | None, service_targets: Iterable[str]) -> frozenset[Origin]:
+    """The hosts the vendor declared: its api_base_url's and its service-wide routes' absolute
+    targets' (a relative one rides on api_base_url). Its token_url is not one: it takes tokens,
+    not calls."""
+    found = (origin_of(url) for url in (api_base_url, *service_targets))
+    return frozenset(o for o in found if o is not None)
+
+
+def installation_route_problems(row: Mapping[str, Any],
+                                origins: frozenset[Origin]) -> list[dict[str, str]]:
+    """An installation's route is written by a space admin, not the vendor, and is sent the space's
+    credentials and its members' assertions: it may call only the vendor's own hosts, and get
+    OAuth2 tokens only from the vendor's token_url. Judged on write and again at every load."""
+    problems = []
+    target = str(row.get("target_url") or "")
+    relative = target.startswith("/") and not target.startswith("//")  # "//host/..." picks the host
+    if not relative and origin_of(target) not in origins:
+        problems.append({"field": "target_url", "message": "must be relative, or on the scheme, host "
+                         "and port of the service's api_base_url or one of its service-wide routes"})
+    if "token_url" in (row.get("auth_config") or {}):
+        problems.append({"field": "auth_config.token_url", "message": "cannot be set on an installation's "
+                         "route: the service's own token_url is used"})
+    return problems
+
+
+def _origins_by_service(rows: list[dict[str, Any]]) -> dict[UUID, frozenset[Origin]]:
+    bases: dict[UUID, str | None] = {}
+    targets: dict[UUID, list[str]] = {}
+    for row in rows:
+        bases[row["service_id"]] = row["api_base_url"]
+        if row["installation_id"] is None:
+            targets.setdefault(row["service_id"], []).append(row["target_url"])
+    return {sid: vendor_origins(base, targets.get(sid, ())) for sid, base in bases.items()}
+
+
 def _route(row: dict[str, Any]) -> Route | None:
     try:
         target = join_target(row["api_base_url"], row["target_url"])
@@ -93,8 +148,21 @@ def _installation(row: dict[str, Any]) -> Installation:
     )
 
 
+def _allowed(row: dict[str, Any], origins: dict[UUID, frozenset[Origin]]) -> bool:
+    """Service-wide routes pass; an installation's route that breaks the rule (written before it,
+    or the vendor has since moved hosts) is left out, so it answers 404."""
+    if row["installation_id"] is None:
+        return True
+    problems = installation_route_problems(row, origins.get(row["service_id"], frozenset()))
+    for problem in problems:
+        log.warning("installation route %s left out: %s %s", row["id"], problem["field"], problem["message"])
+    return not problems
+
+
 def build_state(routes: list[dict[str, Any]], installations: list[dict[str, Any]]) -> ProxyState:
-    table = RouteTable.build(r for r in map(_route, routes) if r is not None)
+    origins = _origins_by_service(routes)
+    table = RouteTable.build(r for r in map(_route, (row for row in routes if _allowed(row, origins)))
+                             if r is not None)
     for rejected in table.rejected:
         log.warning("route %s left out: %s", rejected.route.id, rejected.reason)
     by_space = {(i.space_id, i.service_slug): i for i in map(_installation, installations)}
