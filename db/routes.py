@@ -27,6 +27,11 @@ FROM public.service_registry s WHERE s.id = $1 AND s.deleted_at IS NULL
 
 API_BASE_URL = "SELECT api_base_url FROM public.service_registry WHERE id = $1"
 
+# The URLs whose hosts the vendor declared: an installation's routes may use those hosts only.
+SERVICE_TARGETS = """
+SELECT target_url FROM public.service_api_routes WHERE service_id = $1 AND installation_id IS NULL
+"""
+
 LIST_ROUTES = """
 SELECT r.* FROM public.service_api_routes r
 WHERE r.service_id = $1 AND r.installation_id IS NOT DISTINCT FROM $2::uuid
@@ -58,6 +63,12 @@ async def service_for_read(conn: asyncpg.Connection, service_id: UUID, user_id: 
 async def api_base_url(conn: asyncpg.Connection, service_id: UUID) -> str | None:
     base: str | None = await conn.fetchval(API_BASE_URL, service_id)
     return base
+
+
+async def vendor_urls(conn: asyncpg.Connection, service_id: UUID) -> tuple[str | None, list[str]]:
+    """The service's api_base_url and its service-wide routes' target_urls."""
+    rows = await conn.fetch(SERVICE_TARGETS, service_id)
+    return await api_base_url(conn, service_id), [r["target_url"] for r in rows]
 
 
 async def list_routes(conn: asyncpg.Connection, service_id: UUID, installation_id: UUID | None,

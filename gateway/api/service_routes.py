@@ -1,7 +1,9 @@
 """/services/{service_id}/routes: a service's service-wide routes (installation_id NULL).
 
 Anyone authenticated reads the routes of an approved or deprecated service, without
-`auth_config`; maintainers and platform admins read every field and write.
+`auth_config`; maintainers and platform admins read every field and write. A write's URLs are
+judged (which may resolve names) only once the caller is known to be a maintainer, and never
+while a transaction is open.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from aiohttp import web
 
 from auth.principal import Principal
 from db import routes as repo
@@ -22,18 +23,16 @@ from gateway.api.models.routes import (
     PublicRoute, Route, RouteCreate, RoutePatch, RouteView, fill_placeholders, route_problems,
 )
 from gateway.api.registry import Call, endpoint
-from gateway.api.services import can_maintain
-from gateway.appkeys import SETTINGS
+from gateway.api.services import can_maintain, check_urls_as_maintainer
 from gateway.errors import NotFound, ValidationFailed
-from gateway.upstream_safety import UnsafeUpstream, check_registration_url
+from routing.loader import Origin, installation_route_problems
 
 TAG = "routes"
 PUBLIC_STATUSES = ("approved", "deprecated")
 
 
-async def check_route_upstreams(request: web.Request, values: dict[str, Any]) -> None:
-    """Registration-time upstream safety for the URLs a route sends the proxy to."""
-    allow = request.app[SETTINGS].allow_private_upstreams
+def route_upstream_urls(values: dict[str, Any]) -> dict[str, str]:
+    """The URLs of a route body that a registration check must judge, by field."""
     urls: dict[str, str] = {}
     target = values.get("target_url")
     if target and not target.startswith("/"):  # a relative target rides on the checked api_base_url
@@ -41,30 +40,32 @@ async def check_route_upstreams(request: web.Request, values: dict[str, Any]) ->
     token_url = (values.get("auth_config") or {}).get("token_url")
     if token_url:
         urls["auth_config.token_url"] = token_url
-    for field, url in urls.items():
-        try:
-            await check_registration_url(url, allow_private=allow)
-        except UnsafeUpstream as exc:
-            raise ValidationFailed([{"field": field, "message": str(exc)}]) from None
+    return urls
 
 
-def check_route(row: dict[str, Any], api_base_url: str | None) -> None:
+def check_route(row: dict[str, Any], api_base_url: str | None,
+                origins: frozenset[Origin] | None = None) -> None:
+    """The cross-field rules; with `origins` (an installation's route), the vendor's-hosts rule too."""
     problems = route_problems(row, api_base_url)
+    if origins is not None:
+        problems += installation_route_problems(row, origins)
     if problems:
         raise ValidationFailed(problems)
 
 
 async def create(conn: asyncpg.Connection, service_id: UUID, installation_id: UUID | None,
-                 body: RouteCreate, api_base_url: str | None) -> dict[str, Any]:
-    check_route(body.model_dump(), api_base_url)
+                 body: RouteCreate, api_base_url: str | None,
+                 origins: frozenset[Origin] | None = None) -> dict[str, Any]:
+    check_route(body.model_dump(), api_base_url, origins)
     return await repo.create_route(conn, service_id, installation_id, body.values())
 
 
 async def patch(conn: asyncpg.Connection, route_id: UUID, service_id: UUID, installation_id: UUID | None,
-                body: RoutePatch, api_base_url: str | None) -> dict[str, Any]:
+                body: RoutePatch, api_base_url: str | None,
+                origins: frozenset[Origin] | None = None) -> dict[str, Any]:
     values = body.values()
     current = await repo.get_route(conn, route_id, service_id, installation_id, lock=True)
-    check_route({**current, **values}, api_base_url)
+    check_route({**current, **values}, api_base_url, origins)
     return await repo.update_route(conn, route_id, values)
 
 
@@ -94,7 +95,8 @@ async def list_service_routes(call: Call[None, ListQuery]) -> dict[str, Any]:
           body=RouteCreate, response=Route, status=201, errors=(403, 409, 422))
 async def create_service_route(call: Call[RouteCreate, None]) -> dict[str, Any]:
     principal = await authenticate(call.request)
-    await check_route_upstreams(call.request, call.body.values())
+    await check_urls_as_maintainer(call.request, principal, call["service_id"],
+                                   route_upstream_urls(call.body.values()))
     async with transaction(call.request, principal) as conn:
         service = await services_repo.lock_for_write(conn, call["service_id"], principal.user_id)
         can_maintain(principal, service)
@@ -114,7 +116,8 @@ async def get_service_route(call: Call[None, None]) -> Route | PublicRoute:
           tag=TAG, body=RoutePatch, response=Route, errors=(403, 409, 422))
 async def patch_service_route(call: Call[RoutePatch, None]) -> dict[str, Any]:
     principal = await authenticate(call.request)
-    await check_route_upstreams(call.request, call.body.values())
+    await check_urls_as_maintainer(call.request, principal, call["service_id"],
+                                   route_upstream_urls(call.body.values()))
     async with transaction(call.request, principal) as conn:
         service = await services_repo.lock_for_write(conn, call["service_id"], principal.user_id)
         can_maintain(principal, service)

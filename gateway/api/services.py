@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from aiohttp import web
 
 from auth.principal import Principal
+from db import routes as routes_repo
 from db import services as repo
 from db.errors import Conflict
 from db.pagination import page_request
@@ -29,17 +31,40 @@ TRANSITIONS = {
 }
 
 
-async def check_upstreams(request: web.Request, values: dict[str, Any]) -> None:
-    """Registration-time upstream safety for the URLs the proxy will call."""
-    allow = request.app[SETTINGS].allow_private_upstreams
+def upstream_urls(values: dict[str, Any]) -> dict[str, str]:
+    """The URLs of a service body that the proxy will call, by field."""
     urls = {"api_base_url": values.get("api_base_url"),
             "api_auth_config.token_url": (values.get("api_auth_config") or {}).get("token_url")}
+    return {field: url for field, url in urls.items() if url}
+
+
+async def check_urls(request: web.Request, urls: dict[str, str]) -> None:
+    """Registration-time upstream safety for the URLs the proxy will call (422 naming the field).
+
+    It may resolve names: call it only once the caller's rights are checked, and never while a
+    transaction is open (a slow name would hold the connection, and any row lock, meanwhile).
+    """
+    allow = request.app[SETTINGS].allow_private_upstreams
     for field, url in urls.items():
-        if url:
-            try:
-                await check_registration_url(url, allow_private=allow)
-            except UnsafeUpstream as exc:
-                raise ValidationFailed([{"field": field, "message": str(exc)}]) from None
+        try:
+            await check_registration_url(url, allow_private=allow)
+        except UnsafeUpstream as exc:
+            raise ValidationFailed([{"field": field, "message": str(exc)}]) from None
+
+
+async def check_urls_as_maintainer(request: web.Request, principal: Principal, service_id: UUID,
+                                   urls: dict[str, str]) -> None:
+    """`check_urls` for a change to an existing service, once the caller is known to maintain it.
+
+    Rights first, in a short read-only transaction of its own: a stranger must not make the
+    gateway resolve names for them, and no name is resolved while a transaction (or a row lock)
+    is held. The write that follows checks the rights again, on the locked row.
+    """
+    if not urls or request.app[SETTINGS].allow_private_upstreams:
+        return  # nothing will be resolved
+    async with transaction(request, principal) as conn:
+        can_maintain(principal, await routes_repo.service_for_read(conn, service_id, principal.user_id))
+    await check_urls(request, urls)
 
 
 def can_maintain(principal: Principal, row: dict[str, Any]) -> None:
@@ -66,7 +91,7 @@ async def list_services(call: Call[None, ServiceListQuery]) -> dict[str, Any]:
 async def create_service(call: Call[ServiceCreate, None]) -> dict[str, Any]:
     principal = await require_user(call.request)
     values = call.body.model_dump(exclude_unset=True)
-    await check_upstreams(call.request, values)
+    await check_urls(call.request, upstream_urls(values))  # any user may register: rights are met
     async with transaction(call.request, principal) as conn:
         assert principal.user_id is not None
         return await repo.create_service(conn, values, principal.user_id)
@@ -87,10 +112,9 @@ async def patch_service(call: Call[ServicePatch, None]) -> dict[str, Any]:
     values = call.body.model_dump(exclude_unset=True)
     if {"verified", "security_audit"} & values.keys() and not principal.platform_admin:
         raise Forbidden("Only platform admins may set verified or security_audit")
+    await check_urls_as_maintainer(call.request, principal, call["service_id"], upstream_urls(values))
     async with transaction(call.request, principal) as conn:
         can_maintain(principal, await repo.lock_for_write(conn, call["service_id"], principal.user_id))
-        # After the rights check: a stranger must not make the gateway resolve names for them.
-        await check_upstreams(call.request, values)
         if "api_base_url" in values and values["api_base_url"] is None \
                 and await repo.has_relative_routes(conn, call["service_id"]):
             raise ValidationFailed([{"field": "api_base_url", "message":

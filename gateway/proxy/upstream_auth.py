@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +23,7 @@ from cachetools import LRUCache
 from yarl import URL
 
 from db.encryption import DecryptionError, KeyRing, associated_data
-from gateway.upstream_safety import address_is_public
+from gateway.upstream_safety import address_is_public, literal_address
 from routing.loader import Installation
 from routing.table import Route
 
@@ -196,9 +195,18 @@ class UpstreamAuth:
 # -- helpers ----------------------------------------------------------------------------------
 
 def _effective(route: Route, installation: Installation) -> tuple[str, Mapping[str, Any]]:
-    if route.auth_type:
-        return route.auth_type, route.auth_config or {}
-    return installation.api_auth_type or "none", installation.api_auth_config or {}
+    if not route.auth_type:
+        return installation.api_auth_type or "none", installation.api_auth_config or {}
+    config = route.auth_config or {}
+    if route.installation_id is not None:
+        # A space admin writes an installation's route, not the vendor: its OAuth2 token requests
+        # (the space's client secret) go only to the token_url the vendor registered. The API and
+        # the route table refuse such a route with its own token_url; this keeps the rule even so.
+        config = {k: v for k, v in config.items() if k != "token_url"}
+        vendor_url = (installation.api_auth_config or {}).get("token_url")
+        if vendor_url:
+            config["token_url"] = vendor_url
+    return route.auth_type, config
 
 
 def _token_key(installation: Installation, config: Mapping[str, Any]) -> TokenKey:
@@ -234,12 +242,10 @@ def _basic(username: str, password: str) -> str:
 
 
 def _private_literal(host: str) -> bool:
-    """aiohttp never asks the resolver about IP literals, so they are judged here."""
-    try:
-        ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    return not address_is_public(host.strip("[]"))
+    """aiohttp never asks the resolver about IP literals, so they are judged here; names go
+    through the session's connector, whose resolver returns public addresses only."""
+    literal = literal_address(host)
+    return literal is not None and not address_is_public(literal)
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:

@@ -9,10 +9,12 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.api.helpers import Headers, assert_problem, register_service, route_body
 from tests.factories import Factory
+from tests.plugins import until_status
 
 
 @dataclass
@@ -203,3 +205,126 @@ async def test_pagination_is_stable_while_rows_are_added(client: TestClient, wor
                                      headers=a.admin)).json()
     assert second["next_cursor"] is None
     assert [item["id"] for item in first["items"] + second["items"]] == expected
+
+
+# -- the service's own hosts only ---------------------------------------------------------------
+
+@pytest.mark.parametrize("target", [
+    "https://attacker.example/collect",
+    "http://plugins.example.com/v1/reports/{id}",          # another scheme
+    "https://plugins.example.com:8443/v1/reports/{id}",    # another port
+    "https://plugins.example.com.attacker.example/{id}",
+    "https://example.com/v1/reports/{id}",
+])
+async def test_targets_off_the_vendors_hosts_are_refused(client: TestClient, world: dict[str, Any],
+                                                         db: asyncpg.Pool, target: str) -> None:
+    a: Tenant = world["a"]
+    await assert_problem(await client.post(a.routes, json=route_body(target_url=target), headers=a.admin),
+                         422, "target_url")
+    route = await (await client.post(a.routes, json=route_body(), headers=a.admin)).json()
+    await assert_problem(await client.patch(f"{a.routes}/{route['id']}", json={"target_url": target},
+                                            headers=a.admin), 422, "target_url")
+    assert [r["target_url"] for r in await installation_rows(db, a.installation)] == [route_body()["target_url"]]
+
+
+async def test_an_installation_route_has_no_token_url_of_its_own(client: TestClient, world: dict[str, Any],
+                                                                 db: asyncpg.Pool) -> None:
+    a: Tenant = world["a"]
+    own = {"token_url": "https://plugins.example.com/oauth/token"}  # even on the vendor's host
+    await assert_problem(await client.post(a.routes, headers=a.admin, json=route_body(
+        auth_type="oauth2", auth_config=own)), 422, "auth_config.token_url")
+    route = await (await client.post(a.routes, json=route_body(auth_type="oauth2",
+                                                               auth_config={"scope": "read"}),
+                                     headers=a.admin)).json()
+    await assert_problem(await client.patch(f"{a.routes}/{route['id']}", json={"auth_config": own},
+                                            headers=a.admin), 422, "auth_config.token_url")
+    [stored] = await installation_rows(db, a.installation)
+    assert stored["auth_config"] == {"scope": "read"}
+
+
+async def test_another_spaces_admin_is_refused_before_the_body_is_judged(client: TestClient,
+                                                                         world: dict[str, Any],
+                                                                         db: asyncpg.Pool) -> None:
+    a: Tenant = world["a"]
+    b: Tenant = world["b"]
+    bad = route_body(target_url="https://attacker.example/collect", auth_config={"token_url": "https://x.example/t"})
+    for headers in (b.admin, b.owner, a.member):
+        await assert_problem(await client.post(a.routes, json=bad, headers=headers), 403)
+        await assert_problem(await client.get(a.routes, headers=headers), 403)
+    assert await installation_rows(db, a.installation) == []
+
+
+class Upstream:
+    """A loopback plugin server that answers every path and remembers the ones it was asked."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        return web.Response(text="plugin")
+
+
+async def vendor_on(client: TestClient, make: Factory, aiohttp_server: Any,
+                    ) -> tuple[dict[str, Any], Headers, Upstream, Upstream, str, str]:
+    """A service on one loopback upstream with a service-wide route to a second one."""
+    first, second = Upstream(), Upstream()
+    base = f"http://127.0.0.1:{(await aiohttp_server(first.app)).port}"
+    other = f"http://127.0.0.1:{(await aiohttp_server(second.app)).port}"
+    service, vendor = await register_service(client, make, api_base_url=f"{base}/v1", api_auth_type="none",
+                                             api_auth_config={})
+    wide = await client.post(f"/api/v1/services/{service['id']}/routes", headers=vendor,
+                             json=route_body(route_path="/wide", target_url=f"{other}/wide"))
+    assert wide.status == 201, await wide.text()
+    return service, vendor, first, second, base, other
+
+
+async def test_relative_and_vendor_origin_targets_are_served(client: TestClient, make: Factory,
+                                                              aiohttp_server: Any) -> None:
+    service, _, first, second, base, other = await vendor_on(client, make, aiohttp_server)
+    a = await tenant(make, service)
+    for path, target in (("/rel", "/rel"), ("/same", f"{base}/v1/same"), ("/second", f"{other}/second"),
+                         ("/cased", f"{base.replace('http', 'HTTP')}/cased")):
+        created = await client.post(a.routes, json=route_body(route_path=path, target_url=target), headers=a.admin)
+        assert created.status == 201, await created.text()
+    # The same loopback address by another name is another host.
+    await assert_problem(await client.post(a.routes, headers=a.admin, json=route_body(
+        route_path="/named", target_url=base.replace("127.0.0.1", "localhost") + "/named")), 422, "target_url")
+
+    plugin = f"/spaces/{a.space}/plugins/{service['slug']}"
+    for path in ("/rel", "/same", "/second", "/cased"):
+        await until_status(client, plugin + path, a.member, 200)
+    assert first.paths == ["/v1/rel", "/v1/same", "/cased"] and second.paths == ["/second"]
+
+
+async def test_stored_routes_off_the_vendors_hosts_are_not_served(client: TestClient, make: Factory,
+                                                                  db: asyncpg.Pool, aiohttp_server: Any,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    service, vendor, first, second, base, other = await vendor_on(client, make, aiohttp_server)
+    attacker = Upstream()
+    elsewhere = f"http://127.0.0.1:{(await aiohttp_server(attacker.app)).port}"
+    a = await tenant(make, service)
+    # Rows written straight into the table skip the API's rule, as rows written before it did.
+    insert = ("INSERT INTO service_api_routes (service_id, installation_id, route_path, method, target_url,"
+              " auth_type, auth_config) VALUES ($1, $2, $3, 'GET', $4, $5, $6) RETURNING id")
+    service_id = UUID(service["id"])
+    off_host = await db.fetchval(insert, service_id, a.installation, "/collect", f"{elsewhere}/collect", None, {})
+    own_token = await db.fetchval(insert, service_id, a.installation, "/token", "/token", "bearer",
+                                  {"token_url": f"{elsewhere}/token"})
+    on_old_base = await db.fetchval(insert, service_id, a.installation, "/old", f"{base}/v1/old", None, {})
+    plugin = f"/spaces/{a.space}/plugins/{service['slug']}"
+    await until_status(client, plugin + "/old", a.member, 200)  # the table has loaded this installation
+    for path in ("/collect", "/token"):
+        await until_status(client, plugin + path, a.member, 404)
+    logged = caplog.text
+    assert str(off_host) in logged and str(own_token) in logged
+
+    # The vendor moves to its second host: a route still on the first is no longer the vendor's.
+    moved = await client.patch(f"/api/v1/services/{service['id']}", json={"api_base_url": f"{other}/v2"},
+                               headers=vendor)
+    assert moved.status == 200, await moved.text()
+    await until_status(client, plugin + "/old", a.member, 404)
+    assert str(on_old_base) in caplog.text
+    assert attacker.paths == [] and set(first.paths) == {"/v1/old"}  # until the reload, polled more than once

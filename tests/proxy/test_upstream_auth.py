@@ -42,7 +42,7 @@ async def token_server(aiohttp_server: Any) -> TokenServer:
 
     async def token(request: web.Request) -> web.StreamResponse:
         form = await request.post()
-        state.requests.append({"authorization": request.headers.get("Authorization"),
+        state.requests.append({"authorization": request.headers.get("Authorization"), "path": request.path,
                                "form": dict(form), "content_type": request.content_type})
         await asyncio.sleep(state.delay)
         if state.redirect_to is not None:
@@ -351,3 +351,26 @@ def assert_neutral(error: UpstreamAuthError) -> None:
     text = str(error) + repr(error.args)
     assert "LEAKED" not in text and SECRET not in text and "s3cr3t" not in text
     assert error.__cause__ is None and error.__suppress_context__ or error.__context__ is None
+
+
+async def test_an_installation_route_gets_tokens_only_from_the_services_token_url(
+        auth: UpstreamAuth, token_server: TokenServer) -> None:
+    """A space admin writes an installation's route: a token_url of its own (which the API and the
+    route table refuse) is never where the space's client secret goes."""
+    _, installation = oauth2(token_server)
+    elsewhere = token_server.url.replace("/oauth/token", "/elsewhere")
+    route = Route(id=uuid.uuid4(), service_id=installation.service_id, service_slug="svc",
+                  installation_id=installation.id, route_path="/x", method="GET",
+                  target_url="https://upstream.example/x", auth_type="oauth2",
+                  auth_config={"token_url": elsewhere, "scope": "mine"})
+    assert await auth.headers(route, installation) == {"Authorization": "Bearer tok-1"}
+    assert [(r["path"], r["form"].get("scope")) for r in token_server.requests] == [("/oauth/token", "mine")]
+    auth.drop_token(route, installation)
+
+    vendor_without = make_installation({"client_id": "c", "client_secret": SECRET}, auth_type="api_key")
+    with pytest.raises(UpstreamAuthError):
+        await auth.headers(Route(id=uuid.uuid4(), service_id=vendor_without.service_id, service_slug="svc",
+                                 installation_id=vendor_without.id, route_path="/x", method="GET",
+                                 target_url="https://upstream.example/x", auth_type="oauth2",
+                                 auth_config={"token_url": elsewhere}), vendor_without)
+    assert len(token_server.requests) == 1
