@@ -6,37 +6,48 @@ from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
 
-import asyncpg
 from aiohttp import web
 
-from auth.identify import identify
 from auth.principal import Principal, role_meets
 from db import callers
+from db.pool import Database
 from gateway.appkeys import DB, JWT
+from gateway.auth_failures import identify_request
 from gateway.errors import Forbidden, NotFound
+from gateway.proxy.key_hashes import KeyHashes, Verdict
+from gateway.proxy.runtime import PROXY
 
 PRINCIPAL: Final = web.RequestKey("principal", Principal)
 
 
 @dataclass(frozen=True, slots=True)
 class DirectLookups:
-    pool: asyncpg.Pool
+    """Users and keys from PostgreSQL, not the proxy's caches: a key revoked a moment ago must
+    already be refused by the API that revoked it. Only the in-memory key hashes are consulted
+    first, so that a key no node knows is refused without a query."""
+
+    db: Database
+    key_hashes: KeyHashes | None
 
     async def user_exists(self, user_id: UUID) -> bool:
-        return await callers.user_exists(self.pool, user_id)
+        return await callers.user_exists(self.db.require(), user_id)
 
     async def api_key(self, key_hash: bytes) -> callers.ApiKeyIdentity | None:
-        return await callers.api_key_by_hash(self.pool, key_hash)
+        if self.key_hashes is not None and (await self.key_hashes.lookup(key_hash))[0] is Verdict.UNKNOWN:
+            return None
+        return await callers.api_key_by_hash(self.db.require(), key_hash)
 
 
 async def authenticate(request: web.Request) -> Principal:
-    """The caller of this request (computed once per request)."""
+    """The caller of this request (computed once per request): 401, or 429 for a client address
+    past GATEWAY_AUTH_FAILURES_PER_MINUTE failed credentials (counted with the proxy's)."""
     cached: Principal | None = request.get(PRINCIPAL)
     if cached is not None:
         return cached
-    # The API reads users and keys from PostgreSQL, not the proxy's caches: a key revoked a
-    # moment ago must already be refused by the API that revoked it.
-    principal = await identify(request.headers, request.app[JWT], DirectLookups(request.app[DB].require()))
+    runtime = request.app.get(PROXY)
+    lookups = DirectLookups(request.app[DB], None if runtime is None else runtime.callers.key_hashes)
+    principal = await identify_request(request, request.app[JWT], lookups,
+                                       None if runtime is None else runtime.callers.failures)
     request[PRINCIPAL] = principal
     return principal
 

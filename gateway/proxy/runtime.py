@@ -90,7 +90,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     session = upstream_session(settings)
     redis_link = RedisLink(settings.redis_url, settings.redis_timeout)
     cache = ResponseCache.from_settings(settings)  # its own Redis: GATEWAY_CACHE_REDIS_URL
-    callers = CallerCache(app[DB])
+    callers = CallerCache.from_settings(app[DB], settings)  # GATEWAY_CALLER_CACHE_TTL, GATEWAY_AUTH_FAILURES_PER_MINUTE
     upstream_auth = UpstreamAuth(app[KEYRING], session, allow_private=settings.allow_private_upstreams)
 
     def on_change(change: dict[str, Any]) -> None:
@@ -112,7 +112,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     limiter = RateLimiter(redis_link, settings.rate_limit_failure)
     app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth,
                               redis_link, cache, limiter, upstream_pools(settings))
-    tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run_flusher())]
+    tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run())]
     if redis_link.configured:
         tasks.append(asyncio.create_task(limiter.run_heartbeat()))
     yield

@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from auth.identify import identify
 from auth.principal import role_meets
 from gateway import metrics
+from gateway.auth_failures import identify_request
 from gateway.errors import Forbidden, MethodNotAllowed, NotFound, RateLimited, ServiceUnavailable
 from gateway.proxy.context import ProxyContext
 from gateway.proxy.ratelimit import RateLimitUnavailable
@@ -22,8 +22,9 @@ from routing.table import NoRoute
 
 
 async def authenticate(ctx: ProxyContext) -> None:
+    """401, or 429 for a client address past GATEWAY_AUTH_FAILURES_PER_MINUTE failed credentials."""
     rt = runtime_of(ctx.request)
-    ctx.principal = await identify(ctx.request.headers, rt.verifier, rt.callers)
+    ctx.principal = await identify_request(ctx.request, rt.verifier, rt.callers, rt.callers.failures)
 
 
 async def authorize(ctx: ProxyContext) -> None:
