@@ -59,6 +59,8 @@ async def readyz(request: web.Request) -> web.Response:
         "database": "up" if database else "down",
         "redis": await _redis_state(app[PROXY].redis),
         "cache_redis": await _redis_state(app[PROXY].cache.link),  # GATEWAY_CACHE_REDIS_URL, else REDIS_URL
+        # Memberships, users and key hashes: past GATEWAY_CALLER_CACHE_TTL only while PostgreSQL is away.
+        "callers": app[PROXY].callers.readiness(),
         "route_table": {"loaded": age is not None, "age_seconds": None if age is None else round(age, 3),
                         "routes": loader.state.table.size, "listening_for_changes": loader.listening,
                         # Not listening means changes may be missed: the table may be stale.
