@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
@@ -41,10 +41,24 @@ def encode_cursor(at: datetime, row_id: UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The (sort time, id) a cursor of `encode_cursor` holds; anything else is Invalid("cursor").
+
+    A cursor is caller input like any other: every shape a crafted one may take (not base64, not
+    JSON, not a pair of strings, a time without offset or outside what PostgreSQL's timestamptz
+    and Python's datetime both hold) answers 422 naming `cursor`, never reaches the database.
+    """
     try:
-        at, row_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(at), UUID(row_id)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+            raise ValueError("not a pair of strings")
+        at = datetime.fromisoformat(value[0])
+        if at.tzinfo is None:
+            raise ValueError("no UTC offset")
+        at = at.astimezone(timezone.utc)  # year 1 at +01:00 is year 0: OverflowError
+        if not 1 < at.year < 9999:
+            raise ValueError("out of range")
+        return at, UUID(value[1])
+    except (binascii.Error, ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise Invalid("cursor", "is not a cursor this API issued") from None
 
 

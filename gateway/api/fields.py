@@ -4,10 +4,10 @@ from the contract, in one place."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Optional
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 SLUG_PATTERN: Final = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 CATEGORY_PATTERN: Final = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
@@ -61,6 +61,29 @@ def no_secret_keys(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+
+
+def _refuse_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("cannot be null")
+    return value
+
+
+def _no_null_default(schema: dict[str, Any]) -> None:
+    # The field's Python default (None: "not sent") is no value a caller may send.
+    schema.pop("default", None)
+
+
+if TYPE_CHECKING:
+    NotNull = Optional  # to type checkers: a field left out reads as None
+else:
+    class NotNull:
+        """`NotNull[T]` with a default of None: a PATCH field that may be left out but not sent as
+        null (`"name": null` → 422 "cannot be null"). The OpenAPI document shows plain `T`, so it
+        offers null only where the handler takes it."""
+
+        def __class_getitem__(cls, tp: Any) -> Any:
+            return Annotated[tp, BeforeValidator(_refuse_null), Field(json_schema_extra=_no_null_default)]
 
 
 def Text(max_length: int, *, min_length: int = 0) -> Any:  # noqa: N802 - reads as a type

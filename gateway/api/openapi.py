@@ -24,9 +24,68 @@ PROBLEM_SCHEMA = {
                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
     },
 }
-ERROR_TEXT = {400: "Malformed request", 401: "Missing or invalid credentials", 403: "Not allowed",
-              404: "Not found", 409: "Conflict", 413: "Body too large", 415: "Body is not JSON",
-              422: "Validation failed", 503: "Database unavailable"}
+ERROR_TEXT = {400: "Malformed request (not JSON, or nested too deep)", 401: "Missing or invalid credentials",
+              403: "Not allowed", 404: "Not found", 409: "Conflict", 413: "Body too large",
+              415: "Body is not JSON", 422: "Validation failed (the fields are named in `errors`)",
+              429: "Too many failed credentials from this client address",
+              503: "A backing service (the database) is unavailable"}
+_STRING = {"type": "string"}
+HEADERS = {
+    "X-Request-ID": {"description": "The caller's request id if it sent a sane one, else a new one",
+                     "required": True, "schema": _STRING},
+    "Location": {"description": "The URL of what was created", "required": True, "schema": _STRING},
+    "WWW-Authenticate": {"description": "`Bearer`", "required": True, "schema": _STRING},
+    "Retry-After": {"description": "Seconds to wait before trying again", "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+}
+ERROR_HEADERS = {401: ["WWW-Authenticate"], 429: ["Retry-After"], 503: ["Retry-After"]}
+
+
+def _headers(*names: str) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+# Operations that take a resource another path creates, beyond the path's own children (below).
+_CROSS_LINKS: dict[tuple[str, str], list[tuple[str, str]]] = {
+    # An instance service is what .../instance-services/{service_id}/assignments manages.
+    ("POST", "/spaces/{space_id}/instances/{instance_id}/services"):
+        [("/spaces/{space_id}/instance-services/{service_id}", "service_id")],
+}
+
+
+# Links that carry an answer into the next request's body: an approved service is what a space
+# installs (the space is the caller's own, so it is not taken from the answer).
+_BODY_LINKS: dict[tuple[str, str], list[tuple[str, str, dict[str, str]]]] = {
+    ("PUT", "/services/{service_id}/status"):
+        [("POST", "/spaces/{space_id}/installations", {"service_id": "$response.body#/id"})],
+}
+# The field of a creation's answer that its URL uses, where that is not `id`.
+_URL_FIELD = {"plugin_id": "plugin_id"}  # an assignment is named by its plugin
+
+
+def operation_id(ep: Endpoint) -> str:
+    """The handler's name, qualified by its module where two modules use the same name."""
+    name = ep.handler.__name__
+    if sum(other.handler.__name__ == name for other in ENDPOINTS) > 1:
+        return f"{ep.handler.__module__.rsplit('.', 1)[-1]}_{name}"
+    return name
+
+
+def error_codes(ep: Endpoint) -> set[int]:
+    """Every status other than the success one that the operation can answer."""
+    codes = set(ep.errors)
+    if ep.body is not None:
+        codes |= {400, 413, 415, 422}  # not JSON or nested too deep; too large; not JSON at all; schema
+    if ep.query is not None:
+        codes |= {422}  # ?limit=0, ?cursor=<not one this API issued>, a bad enum value
+    if not ep.public:
+        # Credentials: missing or bad (past the client address's failure budget: 429); the
+        # database answers who the caller is, so its outage is a 503.
+        codes |= {401, 429, 503}
+    if ep.path_params:
+        codes |= {404}  # a path id that is not a UUID, or names nothing the caller may see
+    if "{space_id}" in ep.path:
+        codes |= {403}  # not a member of the space, or a role below the one needed
+    return codes
 
 
 def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
@@ -40,6 +99,26 @@ def _parameters(ep: Endpoint) -> list[dict[str, Any]]:
             params.append({"name": name, "in": "query", "required": name in schema.get("required", []),
                            "schema": prop})
     return params
+
+
+def _links(ep: Endpoint) -> dict[str, Any]:
+    """OpenAPI links from a creation to the operations on what it created: the new row's id fills
+    the next path parameter, the creation's own path ids the rest."""
+    targets = [(ep.path + "/{" + name + "}", name) for name in
+               {o.path[len(ep.path) + 2:].split("}", 1)[0] for o in ENDPOINTS
+                if o.path.startswith(ep.path + "/{")}]
+    targets += _CROSS_LINKS.get((ep.method, ep.path), [])
+    links: dict[str, Any] = {}
+    for prefix, name in targets:
+        for other in ENDPOINTS:
+            if other.path != prefix and not other.path.startswith(prefix + "/"):
+                continue
+            values = {name: f"$response.body#/{_URL_FIELD.get(name, 'id')}"}
+            values |= {p: f"$request.path.{p}" for p in other.path_params if p in ep.path_params and p != name}
+            if set(values) != set(other.path_params):
+                continue
+            links[operation_id(other)] = {"operationId": operation_id(other), "parameters": values}
+    return links
 
 
 def build_document() -> dict[str, Any]:
@@ -63,29 +142,43 @@ def build_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for ep in ENDPOINTS:
         op: dict[str, Any] = {"summary": ep.summary, "tags": [ep.tag],
-                              "operationId": ep.handler.__name__, "parameters": _parameters(ep)}
+                              "operationId": operation_id(ep), "parameters": _parameters(ep)}
         if ep.public:
             op["security"] = []
         if ep.body is not None:
             op["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": schema_of(ep.body, "validation")}}}
-        ok: dict[str, Any] = {"description": "OK" if ep.status != 201 else "Created"}
+        ok: dict[str, Any] = {"description": {201: "Created", 204: "No Content"}.get(ep.status, "OK"),
+                              "headers": _headers("X-Request-ID")}
         if ep.response is not None and ep.status != 204:
             ok["content"] = {"application/json": {"schema": schema_of(ep.response, "serialization")}}
+        if ep.status == 201:
+            ok["headers"] = _headers("X-Request-ID", "Location")
+            links = _links(ep)
+        else:
+            links = {}
+        for method, path, body in _BODY_LINKS.get((ep.method, ep.path), []):
+            target = next(o for o in ENDPOINTS if (o.method, o.path) == (method, path))
+            links[operation_id(target)] = {"operationId": operation_id(target), "requestBody": body}
+        if links:
+            ok["links"] = links
+        if ep.public:
+            ok["headers"] = {}  # the document itself is static: no per-request header is promised
         responses = {str(ep.status): ok}
-        codes = set(ep.errors) | ({400, 413, 415, 422} if ep.body is not None else set())
-        codes |= set() if ep.public else {401}
-        codes |= {404} if ep.path_params else set()
-        for code in sorted(codes):
-            responses[str(code)] = {"description": ERROR_TEXT.get(code, "Error"), "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        for code in sorted(error_codes(ep)):
+            responses[str(code)] = {"$ref": f"#/components/responses/Problem{code}"}
         op["responses"] = responses
         paths.setdefault(API_PREFIX + ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Plugin Gateway API", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas, "securitySchemes": {
+        "components": {"schemas": schemas, "headers": HEADERS, "responses": {
+            f"Problem{code}": {"description": text,
+                               "headers": _headers("X-Request-ID", *ERROR_HEADERS.get(code, [])),
+                               "content": {"application/problem+json": {
+                                   "schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for code, text in ERROR_TEXT.items()}, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "A platform JWT, or an API key"},
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},

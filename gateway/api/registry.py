@@ -96,20 +96,36 @@ def validation_errors(exc: ValidationError, prefix: tuple[str, ...] = ()) -> lis
     return errors
 
 
-def _find_nul(value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None:
+# Deeper than any configuration a person writes, and far inside the limits of orjson (1024) and of
+# pydantic's JSON parser: a body that nests deeper is refused up front (400), so neither a parser
+# limit nor Python's recursion limit ever decides the answer.
+MAX_JSON_DEPTH = 64
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _find_nul(value: Any) -> tuple[str, ...] | None:
+    """The path of the first string (or key) holding U+0000, walking without recursion; raises
+    _TooDeep past MAX_JSON_DEPTH levels of arrays and objects."""
     # PostgreSQL text and jsonb cannot hold U+0000: refuse it up front, naming the field.
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = path + (key,) if "\x00" in key else _find_nul(item, path + (key,))
-            if found is not None:
-                return found
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _find_nul(item, path + (str(index),))
-            if found is not None:
-                return found
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return path
+        elif isinstance(node, (dict, list)):
+            if len(path) >= MAX_JSON_DEPTH:
+                raise _TooDeep
+            items = node.items() if isinstance(node, dict) else ((str(i), item) for i, item in enumerate(node))
+            children = []
+            for key, item in items:
+                if "\x00" in key:
+                    return path + (key,)
+                children.append((item, path + (key,)))
+            stack.extend(reversed(children))  # depth first, in document order
     return None
 
 
@@ -122,9 +138,15 @@ async def read_body(request: web.Request, adapter: TypeAdapter[Any]) -> Any:
     raw = await request.read()  # bounded by the app's client_max_size (→ 413)
     try:
         data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise MalformedRequest([{"field": "body", "message": "is not valid JSON"}]) from None
-    nul = _find_nul(data, ())
+    except orjson.JSONDecodeError as exc:
+        # orjson refuses nesting past 1024 levels as a decode error of its own.
+        message = (f"nests deeper than {MAX_JSON_DEPTH} levels" if any(w in str(exc).lower() for w in ("depth", "recursion"))
+                   else "is not valid JSON")
+        raise MalformedRequest([{"field": "body", "message": message}]) from None
+    try:
+        nul = _find_nul(data)
+    except _TooDeep:
+        raise MalformedRequest([{"field": "body", "message": f"nests deeper than {MAX_JSON_DEPTH} levels"}]) from None
     if nul is not None:
         raise ValidationFailed([{"field": _field_name(nul), "message": "must not contain NUL characters"}])
     try:

@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field
 
-from gateway.api.fields import ConfigObject, Credentials, RequestModel, ResponseModel, Slug, SpaceRole
+from gateway.api.fields import ConfigObject, Credentials, NotNull, RequestModel, ResponseModel, Slug, SpaceRole
 
 InstallationStatus = Literal["active", "inactive", "error"]
 
@@ -23,8 +23,10 @@ class Permissions(RequestModel):
 class InstallationCreate(RequestModel):
     """Name the service by exactly one of `service_id` and `slug` (checked by the handler)."""
 
-    service_id: UUID | None = None
-    slug: Slug | None = None
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["service_id"]}, {"required": ["slug"]}]})
+
+    service_id: NotNull[UUID] = None
+    slug: NotNull[Slug] = None
     config: ConfigObject = Field(default_factory=dict)
     credentials: Credentials = Field(default_factory=dict)
     permissions: Permissions = Field(default_factory=Permissions)
@@ -34,17 +36,10 @@ class InstallationCreate(RequestModel):
 class InstallationPatch(RequestModel):
     """Only the fields sent change; `config` and `credentials` are replaced whole."""
 
-    config: ConfigObject | None = None
-    credentials: Credentials | None = None
-    permissions: Permissions | None = None
-    status: InstallationStatus | None = None
-
-    @field_validator("config", "credentials", "permissions", "status")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
+    config: NotNull[ConfigObject] = None
+    credentials: NotNull[Credentials] = None
+    permissions: NotNull[Permissions] = None
+    status: NotNull[InstallationStatus] = None
 
 
 class Installation(ResponseModel):

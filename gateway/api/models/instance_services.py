@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-from pydantic import Field, RootModel, field_validator
+from pydantic import Field, RootModel
 
-from gateway.api.fields import ConfigObject, HttpUrl, Name, RequestModel, ResponseModel
+from gateway.api.fields import ConfigObject, HttpUrl, Name, NotNull, RequestModel, ResponseModel
 from gateway.api.models.common import ListQuery
 
 InstanceServiceType = Literal["docker_container", "systemd_service", "application"]
@@ -33,15 +33,8 @@ class InstanceServiceCreate(_InstanceServiceWritable):
 
 
 class InstanceServicePatch(_InstanceServiceWritable):
-    name: Name | None = None
-    type: InstanceServiceType | None = None
-
-    @field_validator("name", "type")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
+    name: NotNull[Name] = None
+    type: NotNull[InstanceServiceType] = None
 
 
 class InstanceServiceQuery(ListQuery):

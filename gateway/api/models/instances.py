@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-from pydantic import AfterValidator, Field, RootModel, StringConstraints, field_validator
+from pydantic import AfterValidator, Field, RootModel, StringConstraints
 
 from gateway.api.fields import (
-    JsonObject, Name, Port, RequestModel, ResponseModel, Tags, Text, no_secret_keys,
+    JsonObject, Name, NotNull, Port, RequestModel, ResponseModel, Tags, Text, no_secret_keys,
 )
 
 InstanceType = Literal["vm", "docker_host", "kubernetes", "cloud_instance"]
@@ -71,16 +71,9 @@ class InstanceCreate(_InstanceWritable):
 class InstancePatch(_InstanceWritable):
     """Only the fields sent change; a `connection_config` sent replaces the stored one whole."""
 
-    name: Name | None = None
-    type: InstanceType | None = None
-    host: Host | None = None
-
-    @field_validator("name", "type", "host")
-    @classmethod
-    def _not_null(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
+    name: NotNull[Name] = None
+    type: NotNull[InstanceType] = None
+    host: NotNull[Host] = None
 
 
 class Instance(ResponseModel):

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, Field, field_validator
 
-from gateway.api.fields import ConfigObject, Name, Permission, RequestModel, ResponseModel, Text, UiType
+from gateway.api.fields import ConfigObject, Name, NotNull, Permission, RequestModel, ResponseModel, Text, UiType
 from gateway.api.models.common import ListQuery
 
 ComponentType = Literal["widget", "page", "sidebar", "modal"]
@@ -21,7 +21,8 @@ def _distinct(values: list[str] | None) -> list[str] | None:
     return values
 
 
-Permissions = Annotated[list[Permission], Field(max_length=5), AfterValidator(_distinct)]
+Permissions = Annotated[list[Permission], Field(max_length=5, json_schema_extra={"uniqueItems": True}),
+                      AfterValidator(_distinct)]
 
 
 class _ComponentWritable(RequestModel):
@@ -42,13 +43,12 @@ class ComponentCreate(_ComponentWritable):
 class ComponentPatch(_ComponentWritable):
     """Only the fields sent change."""
 
-    component_type: ComponentType | None = None
-    component_name: Name | None = None
-    render_type: UiType | None = None
-    placement: Placement | None = None
+    component_type: NotNull[ComponentType] = None
+    component_name: NotNull[Name] = None
+    render_type: NotNull[UiType] = None
+    placement: NotNull[Placement] = None
 
-    @field_validator("component_type", "component_name", "render_type", "placement",
-                     "render_config", "placement_config", mode="before")
+    @field_validator("render_config", "placement_config", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:
