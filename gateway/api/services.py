@@ -87,7 +87,7 @@ async def list_services(call: Call[None, ServiceListQuery]) -> dict[str, Any]:
 
 
 @endpoint("POST", "/services", summary="Register a service (starts pending)", tag=TAG,
-          body=ServiceCreate, response=Service, status=201, errors=(409, 422))
+          body=ServiceCreate, response=Service, status=201, errors=(403, 409, 422))  # 403: an API key
 async def create_service(call: Call[ServiceCreate, None]) -> dict[str, Any]:
     principal = await require_user(call.request)
     values = call.body.model_dump(exclude_unset=True)
@@ -123,7 +123,7 @@ async def patch_service(call: Call[ServicePatch, None]) -> dict[str, Any]:
 
 
 @endpoint("DELETE", "/services/{service_id}", summary="Delete a service (soft; its slug stays taken)",
-          tag=TAG, status=204)
+          tag=TAG, status=204, errors=(403,))
 async def delete_service(call: Call[None, None]) -> None:
     principal = await authenticate(call.request)
     async with transaction(call.request, principal) as conn:

@@ -17,7 +17,7 @@ from uuid import UUID
 from pydantic import AfterValidator, Field, RootModel, StringConstraints, ValidationInfo, field_validator
 
 from gateway.api.fields import (
-    URL_MAX, AuthType, HttpMethod, PositiveInt, RequestModel, ResponseModel, http_url,
+    URL_MAX, AuthType, HttpMethod, NotNull, PositiveInt, RequestModel, ResponseModel, http_url,
 )
 from gateway.api.models.common import AuthConfig
 from gateway.settings import Settings
@@ -140,12 +140,11 @@ class RouteCreate(_RouteWritable):
 class RoutePatch(_RouteWritable):
     """Only the fields sent change; the cross-field rules are checked on the merged row."""
 
-    route_path: RoutePath | None = None
-    method: HttpMethod | None = None
-    target_url: TargetUrl | None = None
+    route_path: NotNull[RoutePath] = None
+    method: NotNull[HttpMethod] = None
+    target_url: NotNull[TargetUrl] = None
 
-    @field_validator("route_path", "method", "target_url", "cache_enabled", "auth_config", "options",
-                     mode="before")
+    @field_validator("cache_enabled", "auth_config", "options", mode="before")
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:
