@@ -1,16 +1,22 @@
 """The gateway's one Redis client: every call bounded by GATEWAY_REDIS_TIMEOUT, and after a
 failure a short pause before the next try, so an outage costs requests nothing but the fallback.
-Recovery is automatic: the first call after the pause that succeeds closes the breaker."""
+Recovery is automatic: the first call after the pause that succeeds closes the breaker.
+
+A refused or broken connection also closes every idle pooled connection: after Redis restarts,
+all of them lead to the old server, and each would otherwise fail on its first use in turn (one
+pause per stale connection, seconds after Redis is back). They reconnect when next used."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -59,20 +65,42 @@ class RedisLink:
                 result = await operation(self.client)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failures += 1
+            timed_out = isinstance(exc, (asyncio.TimeoutError, RedisTimeoutError))
             # A refused or broken connection means Redis is gone: pause at once. A single slow
             # answer may be our own busy loop: pause only when timeouts keep coming.
-            if not isinstance(exc, (asyncio.TimeoutError, RedisTimeoutError)) or self._failures >= TIMEOUTS_BEFORE_PAUSE:
+            if not timed_out or self._failures >= TIMEOUTS_BEFORE_PAUSE:
                 self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
             metrics.DEPENDENCY_ERRORS.labels("redis").inc()
             if self.healthy:
                 log.warning("redis call failed (%s); falling back for %.0f s", type(exc).__name__, PAUSE_AFTER_FAILURE)
             self.healthy = False
+            if not timed_out and isinstance(exc, (RedisConnectionError, OSError)):
+                await self._drop_idle_connections()
             raise RedisUnavailable(type(exc).__name__) from exc
         self._failures = 0
         if not self.healthy:
             log.info("redis answers again")
             self.healthy = True
         return result
+
+    async def _drop_idle_connections(self) -> None:
+        """Close the pooled connections nobody is using: a broken one means the others are likely
+        broken too (Redis restarted, or a proxy dropped them), and each would fail on its own.
+        One at a time and only while still idle, with no await between the check and the close
+        (`nowait`), so a connection another call has just taken is never closed under it:
+        `ConnectionPool.disconnect(inuse_connections=False)` closes a snapshot in tasks of its
+        own, by when some of them may be in use."""
+        assert self.client is not None
+        pool = self.client.connection_pool
+        idle = getattr(pool, "_available_connections", None)
+        if idle is None:  # another redis-py: its own method, which is close enough
+            with contextlib.suppress(Exception):
+                await pool.disconnect(inuse_connections=False)
+            return
+        for connection in list(idle):
+            if connection in idle and connection.is_connected:
+                with contextlib.suppress(Exception):  # best effort: it reconnects when used
+                    await connection.disconnect(nowait=True)
 
     async def ping(self) -> bool:
         try:

@@ -10,6 +10,9 @@ already counted the failure (style.md §8).
 
 Concurrent misses for one key are coalesced by `flight()`: on this node with a per-key lock, and
 across nodes with a short Redis lock (`pgw:cl:<key>`) whose losers poll for the winner's entry.
+Which node holds such a lock is this node's own business first: a lock whose release failed
+(Redis paused or gone) is remembered and released on a later miss, and this node never waits for
+a lock it took itself.
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ SPACE_SHARE = 4             # no space holds more than 1/SPACE_SHARE of L1 (cont
 _HEADER_LEN = struct.Struct(">I")
 # Delete the lock only if it is still ours: after LOCK_MS another node may hold it.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+# The same for many locks at once (KEYS[i] with token ARGV[i]): the locks whose release failed.
+_RELEASE_MANY = """
+local released = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('get', key) == ARGV[i] then released = released + redis.call('del', key) end
+end
+return released
+"""
+RELEASES_PER_CALL = 256     # stale locks released per retry (one Redis call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +90,30 @@ class CachedResponse:
             raise ValueError("not a cached response") from exc
 
 
-@dataclass(frozen=True, slots=True)
 class Flight:
     """What `ResponseCache.flight` tells its entrant.
 
     leader=True: nobody fetched this key since your miss; fetch it (and `put` it if cacheable).
     leader=False: someone else fetched meanwhile; `get()` again, and only on a miss fetch it
     yourself (while you are inside the context you are the only one on this node doing so).
+
+    If your fetch fails in a way every caller waiting for it would meet as well (the upstream is
+    down, hanging or refused), call `share_failure` before raising: see `ResponseCache.flight`.
     """
 
-    leader: bool
+    __slots__ = ("_failure", "leader")
+
+    def __init__(self, leader: bool) -> None:
+        self.leader = leader
+        self._failure: Callable[[], BaseException] | None = None
+
+    def share_failure(self, make: Callable[[], BaseException]) -> None:
+        """The callers waiting for this fetch raise `make()` (one fresh exception each) instead
+        of fetching in turn. Ignored from an entrant that went on without the lock."""
+        self._failure = make
+
+    def __repr__(self) -> str:
+        return f"Flight(leader={self.leader})"
 
 
 def cache_key(*, space_id: UUID | str, caller: str | None, route: Route,
@@ -228,12 +254,17 @@ class MemoryCache:
 class _Slot:
     """One key's flight on this node; lives while anyone is inside or waiting."""
 
-    __slots__ = ("lock", "users", "filled")
+    __slots__ = ("entered", "failed_through", "failure", "filled", "lock", "users")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.users = 0
         self.filled = False  # an entry was stored (or seen) during this flight
+        self.entered = 0  # entrants so far: each one's number says who was waiting for what
+        # The last shared failure, and the number of the last entrant that was waiting for it:
+        # entrants up to that number raise it, later ones fetch normally.
+        self.failure: Callable[[], BaseException] | None = None
+        self.failed_through = 0
 
 
 class ResponseCache:
@@ -245,6 +276,9 @@ class ResponseCache:
         self.flight_timeout = flight_timeout
         self._l1 = MemoryCache(memory_bytes, memory_bytes // SPACE_SHARE)
         self._slots: dict[str, _Slot] = {}
+        # Cross-node locks this node took and could not release (key → token, when it expires at
+        # the latest, monotonic): released on a later miss, never waited for.
+        self._unreleased: dict[str, tuple[str, float]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResponseCache:
@@ -345,35 +379,51 @@ class ResponseCache:
 
         On this node the first entrant leads; the others wait (at most `timeout`, default
         `flight_timeout`) until it leaves. If it stored an entry they all go on at once to read
-        it. If it did not (answer not cacheable, error, cancellation) they go on ONE AT A TIME,
-        each fetching in turn: a transient failure of the leader then costs one more upstream
-        call, not a stampede, and the first cacheable answer serves the rest. A waiter whose
-        wait runs out goes on without the lock (leader=False), so nobody waits forever.
+        it. If it failed and shared its failure (`Flight.share_failure`: the pipeline does so for
+        the upstream's 502, 503 and 504), every entrant that was waiting for it raises a fresh
+        copy at once: no caller then waits for more than the one failed upstream call, and an
+        entrant that comes after the failed flight has ended starts a new one. Otherwise (answer
+        not cacheable, another error, cancellation) they go on ONE AT A TIME, each fetching in
+        turn: the first cacheable answer then serves the rest. A waiter whose wait runs out goes
+        on without the lock (leader=False), so nobody waits forever; `timeout` should therefore
+        cover the leader's whole attempt, or a waiter makes a second upstream call after it.
         """
         deadline = time.monotonic() + (self.flight_timeout if timeout is None else timeout)
         slot = self._slots.setdefault(key, _Slot())
         slot.users += 1
+        slot.entered += 1
+        number = slot.entered
         waited = slot.users > 1  # someone is inside or queued: we are a follower
         holding = False
         token: str | None = None
+        flight: Flight | None = None
         try:
             holding = await self._acquire(slot, deadline)
             if holding and (slot.filled or self._get_local(key) is not None):
                 slot.lock.release()  # an answer is here: let the next waiter read it too
                 holding = False
+                yield Flight(leader=False)
+                return
+            if slot.failure is not None and number <= slot.failed_through:
+                raise slot.failure()  # the fetch we waited for failed: so do we, at once
             if not holding:
                 yield Flight(leader=False)
                 return
             token, seen = await self._cross_node(key, deadline)
             if seen:
                 slot.filled = True
-            yield Flight(leader=not (waited or seen))
+            flight = Flight(leader=not (waited or seen))
+            yield flight
         finally:
             try:
                 if token is not None:
                     await self._release_lock(key, token)
             finally:
                 if holding:
+                    if flight is not None and flight._failure is not None:
+                        # Everyone in or queued until now waited for this fetch (no await
+                        # between here and the release: nobody slips in between).
+                        slot.failure, slot.failed_through = flight._failure, slot.entered
                     slot.lock.release()
                 slot.users -= 1
                 if slot.users == 0 and self._slots.get(key) is slot:
@@ -391,9 +441,12 @@ class ResponseCache:
     async def _cross_node(self, key: str, deadline: float) -> tuple[str | None, bool]:
         """Take the Redis lock for `key`, or wait for the node holding it to store its answer.
         Returns (our lock token or None, whether the entry showed up). Without Redis, or once
-        the wait is over, the caller simply proceeds: coalescing is then per node only."""
+        the wait is over, the caller simply proceeds: coalescing is then per node only. A lock
+        this node took earlier and could not release is released first, and never waited for."""
         if not self._link.configured:
             return None, False
+        if self._unreleased:
+            await self._release_unreleased()
         token = secrets.token_hex(16)
         end = min(deadline, time.monotonic() + LOCK_MS / 1000)
         while True:
@@ -402,15 +455,50 @@ class ResponseCache:
                     return token, False
             except RedisUnavailable:
                 return None, False
+            if self._still_ours(key):
+                # Our own lock, still unreleased (Redis failed again meanwhile): nobody else is
+                # fetching on its behalf, so go ahead; it expires within LOCK_MS.
+                return None, False
             if time.monotonic() + POLL_SECONDS > end:
                 return None, False
             await asyncio.sleep(POLL_SECONDS)
             if await self.get(key) is not None:
                 return None, True
 
+    def _still_ours(self, key: str) -> bool:
+        found = self._unreleased.get(key)
+        if found is not None and found[1] <= time.monotonic():
+            del self._unreleased[key]  # expired in Redis by now
+            return False
+        return found is not None
+
     async def _release_lock(self, key: str, token: str) -> None:
         try:
             await self._link.call(lambda r: r.eval(_RELEASE, 1, LOCK_PREFIX + key, token))
         except RedisUnavailable:
-            pass  # it expires after LOCK_MS anyway
+            # Not released: remember it (the local state is what counts), so that this node does
+            # not wait for it on its next miss, and release it once Redis answers again.
+            self._unreleased[key] = (token, time.monotonic() + LOCK_MS / 1000)
+            if len(self._unreleased) > 4 * RELEASES_PER_CALL:
+                self._forget_expired()
 
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        for key in [key for key, (_, expires) in self._unreleased.items() if expires <= now]:
+            del self._unreleased[key]
+
+    async def _release_unreleased(self) -> None:
+        """Release the locks whose release failed (those not expired yet), in one Redis call per
+        RELEASES_PER_CALL; if Redis fails again they stay for the next try."""
+        self._forget_expired()
+        while self._unreleased and self._link.usable():
+            batch = list(self._unreleased.items())[:RELEASES_PER_CALL]
+            names = [LOCK_PREFIX + key for key, _ in batch]
+            tokens = [token for _, (token, _) in batch]
+            try:
+                await self._link.call(lambda r, n=names, t=tokens: r.eval(_RELEASE_MANY, len(n), *n, *t))
+            except RedisUnavailable:
+                return
+            for key, held in batch:
+                if self._unreleased.get(key) == held:  # not replaced meanwhile
+                    del self._unreleased[key]

@@ -4,17 +4,25 @@ single flight until the answer is stored (Envoy's cache filter sits around the r
     BYPASS  the route caches, but not this method (only GET and HEAD are cached)
     HIT     served from the cache: no upstream call
     MISS    forwarded; the answer is stored while it streams to the caller, if cacheable
+
+Concurrent misses of one key share one upstream call (`ResponseCache.flight`). When that call
+fails with the upstream's 502, 503 or 504, the callers waiting for it get the same problem at
+once instead of calling the upstream again one after another; they wait for the leader's whole
+attempt (pool, connect and read timeouts, see `flight_wait`), never for two of them.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import metrics
+from gateway.errors import GatewayError
 from gateway.middleware import REQUEST_ID_HEADER, request_id_of
 from gateway.proxy.cache import CachedResponse, cache_key, cacheable
 from gateway.proxy.context import ProxyContext
@@ -26,6 +34,13 @@ CACHED_METHODS = frozenset({"GET", "HEAD"})
 NOT_STORED = frozenset({"age", "date", "x-request-id", "content-length", "set-cookie", "connection",
                         "keep-alive", "transfer-encoding", "ratelimit-limit", "ratelimit-remaining",
                         "ratelimit-reset", "ratelimit-policy", "ratelimit", "retry-after", "x-cache-status"})
+
+# The forward stage's own failures (upstream unreachable or broken, busy, slower than the timeout):
+# every caller waiting for the same fetch would meet them too.
+SHARED_FAILURES = frozenset({502, 503, 504})
+# How much longer than the leader's own timeouts its followers wait for it: the leader answers
+# its failure right after its timer fires, and the followers must hear of it before theirs does.
+FLIGHT_GRACE = 1.0
 
 Terminal = Callable[[ProxyContext], Awaitable[web.StreamResponse]]
 
@@ -80,7 +95,7 @@ async def cached(ctx: ProxyContext, terminal: Terminal) -> web.StreamResponse:
     cache = rt.cache
     entry = await cache.get(key)
     if entry is None:
-        async with cache.flight(key, timeout=rt.settings.upstream_timeout) as flight:
+        async with cache.flight(key, timeout=flight_wait(ctx)) as flight:
             if not flight.leader:
                 entry = await cache.get(key)
             if entry is None:
@@ -88,9 +103,34 @@ async def cached(ctx: ProxyContext, terminal: Terminal) -> web.StreamResponse:
                 # A row written before GATEWAY_CACHE_MAX_TTL was enforced (or straight into the
                 # table) is held to it too.
                 ttl = min(route.cache_ttl, rt.settings.cache_max_ttl)
-                return await _fetch_and_store(ctx, terminal, key, ttl)
+                try:
+                    return await _fetch_and_store(ctx, terminal, key, ttl)
+                except GatewayError as exc:
+                    if exc.status in SHARED_FAILURES:
+                        flight.share_failure(partial(_fresh, exc))
+                    raise
     metrics.CACHE.labels(slug, "hit").inc()
     return _serve(ctx, entry, cache.clock())
+
+
+def flight_wait(ctx: ProxyContext) -> float:
+    """How long a caller waits for the leader of its key's flight: the leader's whole attempt,
+    which is bounded by the upstream pool's wait, the connect timeout and the read timeout (the
+    route's own `connect_timeout`/`timeout` options, else the settings), plus FLIGHT_GRACE. A
+    shorter wait would run out just before the leader's failure arrives, and the waiter would
+    then start a second full upstream call of its own."""
+    settings, options = runtime_of(ctx.request).settings, ctx.match.route.options  # type: ignore[union-attr]
+    return (settings.upstream_pool_timeout
+            + float(options.get("connect_timeout", settings.upstream_connect_timeout))
+            + float(options.get("timeout", settings.upstream_timeout)) + FLIGHT_GRACE)
+
+
+def _fresh(error: GatewayError) -> GatewayError:
+    """A new problem of the same class, detail and headers for one waiting caller: never the
+    leader's instance (its traceback, cause and headers dict belong to the leader's request)."""
+    fresh = copy.copy(error)  # BaseException's reduce: type(error)(*args), then its __dict__
+    fresh.headers = dict(error.headers)
+    return fresh
 
 
 async def _fetch_and_store(ctx: ProxyContext, terminal: Terminal, key: str, ttl: int) -> web.StreamResponse:
