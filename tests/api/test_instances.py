@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import uuid
 from typing import Any
 from uuid import UUID
@@ -183,6 +186,11 @@ async def test_api_key_caller_has_no_created_by(client: TestClient, make: Factor
     key, prefix = new_api_key()
     await db.execute("INSERT INTO api_keys (space_id, name, role, prefix, key_hash) VALUES ($1, 'ci', 'admin', $2, $3)",
                      space, prefix, hash_api_key(key))
+    # Every node learns key hashes from the api_keys notification: wait until this one knows it.
+    deadline = time.monotonic() + 10
+    while (await client.get(f"/api/v1/spaces/{space}/instances", headers={"X-API-Key": key})).status == 401:
+        assert time.monotonic() < deadline, "the key inserted into the table never became known"
+        await asyncio.sleep(0.05)
     created = await new_instance(client, space, {"X-API-Key": key})
     assert created["created_by"] is None and created["secret_keys"] == ["password"]
 
