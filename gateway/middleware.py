@@ -14,8 +14,10 @@ from uuid import UUID
 import orjson
 from aiohttp import web
 
-from gateway.logs import ACCESS_LOGGER
+from gateway.appkeys import SETTINGS
+from gateway.client_address import client_address
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge, translate
+from gateway.logs import ACCESS_LOGGER
 from gateway.proxy.headers import traceparent_for
 
 log = logging.getLogger("gateway")
@@ -147,6 +149,14 @@ def _bytes_out(response: web.StreamResponse | None) -> int | None:
     return response.content_length
 
 
+def _remote(request: web.Request) -> str | None:
+    """The client address (gateway.client_address: the one rule for logs, limits, forwarding)."""
+    settings = request.config_dict.get(SETTINGS)
+    if settings is None:  # an app without settings (a test's): no proxy is trusted
+        return request.remote
+    return client_address(request, settings.trusted_proxies)
+
+
 def _log_access(request: web.Request, status: int, response: web.StreamResponse | None,
                 seconds: float) -> None:
     """Never the path's query string nor header values: either may carry a caller's secret."""
@@ -163,7 +173,7 @@ def _log_access(request: web.Request, status: int, response: web.StreamResponse 
         "cache": None,
         "bytes_in": request.content_length if request.content_length is not None else request.content.total_bytes,
         "bytes_out": _bytes_out(response),
-        "remote": request.remote,
+        "remote": _remote(request),
         "traceparent": traceparent_of(request),
     }
     fields.update(request.get(ACCESS_FIELDS, {}))

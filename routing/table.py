@@ -283,6 +283,19 @@ class RouteTable:
             raise MethodNotAllowed(tuple(sorted(allowed)))
         raise NoRoute(path)
 
+    def allowed(self, slug: str, installation_id: UUID | None, path: str) -> tuple[str, ...]:
+        """The methods of every template matching the path, in the caller's set (what `Allow`
+        lists, `*` routes contributing STANDARD_METHODS), sorted. Raises NoRoute."""
+        root = self._roots.get(slug)
+        if root is None:
+            raise NoRoute(slug)
+        found: set[str] = set()
+        for slot, _ in _walk(root, _split(path)):
+            found |= slot.methods(installation_id)
+        if not found:  # as in `match`: a template with only other installations' routes is no match
+            raise NoRoute(path)
+        return tuple(sorted(found))
+
 
 def _insert(root: _Node, route: Route) -> str | None:
     """Place a route in its service's trie; the reason it cannot be placed, or None."""

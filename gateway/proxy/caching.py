@@ -26,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.middleware import REQUEST_ID_HEADER, request_id_of
 from gateway.proxy.cache import CachedResponse, cache_key, cacheable
 from gateway.proxy.context import ProxyContext
+from gateway.proxy.headers import downstream_response_headers
 from gateway.proxy.runtime import runtime_of
 
 CACHE_STATUS_HEADER = "X-Cache-Status"
@@ -66,8 +67,10 @@ class Capture:
 
 
 def _serve(ctx: ProxyContext, entry: CachedResponse, now: float) -> web.Response:
+    # Filtered again on the way out: an entry in the shared cache may have been stored by a node
+    # whose filter was narrower (an older release), and a HIT must never return more than a MISS.
     response = web.Response(status=entry.status, body=None if ctx.request.method == "HEAD" else entry.body,
-                            headers=CIMultiDict(entry.headers))
+                            headers=downstream_response_headers(CIMultiDict(entry.headers)))
     response.headers[CACHE_STATUS_HEADER] = "HIT"
     response.headers["Age"] = str(entry.age(now))
     response.headers[REQUEST_ID_HEADER] = request_id_of(ctx.request)
@@ -141,7 +144,8 @@ async def _fetch_and_store(ctx: ProxyContext, terminal: Terminal, key: str, ttl:
     capture = ctx.capture
     if capture.complete and not capture.overflow and cacheable(
             response.status, ctx.upstream_headers, capture.size, rt.settings.cache_max_body_bytes):
-        stored = tuple((k, v) for k, v in ctx.upstream_headers.items() if k.lower() not in NOT_STORED)
+        returned = downstream_response_headers(ctx.upstream_headers)
+        stored = tuple((k, v) for k, v in returned.items() if k.lower() not in NOT_STORED)
         await rt.cache.put(key, CachedResponse(response.status, stored, b"".join(capture.chunks),
                                                rt.cache.clock(), ttl))
     return response

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway import metrics
+from gateway.client_address import Networks, is_trusted_proxy
 from gateway.errors import (BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, RequestTimeout,
                             ServiceUnavailable)
 from gateway.middleware import REQUEST_ID_HEADER, problem_response, request_id_of, traceparent_of
@@ -205,17 +206,29 @@ def _identity_headers(ctx: ProxyContext, rt: ProxyRuntime) -> dict[str, str]:
     return headers
 
 
-def _forwarded_headers(request: web.Request) -> dict[str, str]:
-    prior = request.headers.get("X-Forwarded-For")
-    remote = request.remote or ""
-    return {
-        "X-Forwarded-For": f"{prior}, {remote}" if prior else remote,
-        "X-Forwarded-Proto": request.scheme,
-        "X-Forwarded-Host": request.host,
+def _forwarded_headers(request: web.Request, trusted_proxies: Networks) -> dict[str, str]:
+    """X-Forwarded-* (contract revision 3). The caller's own were dropped by the request filter;
+    only a peer in GATEWAY_TRUSTED_PROXIES is believed: its X-Forwarded-For gets the peer's
+    address appended, and its X-Forwarded-Proto and -Host are passed on. Any other peer's are
+    replaced by the gateway's own values (X-Forwarded-For: the peer alone)."""
+    incoming, peer = request.headers, request.remote or ""
+    headers = {
         REQUEST_ID_HEADER: request_id_of(request),
         # The caller's trace when it sent a valid one, else a new trace (the same one is logged).
         TRACEPARENT: traceparent_of(request),
     }
+    proto, host = request.scheme, request.host
+    chain = [peer] if peer else []
+    if is_trusted_proxy(peer, trusted_proxies):
+        prior = ", ".join(v.strip() for v in incoming.getall("X-Forwarded-For", ()) if v.strip())
+        chain = [prior, peer] if prior else chain
+        proto = ", ".join(incoming.getall("X-Forwarded-Proto", ())) or proto
+        host = ", ".join(incoming.getall("X-Forwarded-Host", ())) or host
+    if chain:
+        headers["X-Forwarded-For"] = ", ".join(chain)
+    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Host"] = host
+    return headers
 
 
 async def _open_upstream(ctx: ProxyContext, rt: ProxyRuntime, target: URL, headers: CIMultiDict[str],
@@ -283,7 +296,7 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
     if limit and request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("The request body is larger than this route accepts")
     headers = upstream_request_headers(request.headers)
-    headers.update(_forwarded_headers(request))
+    headers.update(_forwarded_headers(request, rt.settings.trusted_proxies))
     headers.update(_identity_headers(ctx, rt))
 
     try:

@@ -46,14 +46,28 @@ async def authorize(ctx: ProxyContext) -> None:
     ctx.role, ctx.installation = role, installation
 
 
+# Never passed to a plugin, whatever its routes say, `*` routes included: TRACE (and Microsoft's
+# TRACK) echo the request, credentials the gateway injected included; CONNECT asks for a tunnel.
+# Compared in any letter case: methods are case-sensitive, but not every server treats them so.
+REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+
+
+def _allow(methods: tuple[str, ...]) -> list[str]:
+    return [m for m in methods if m.upper() not in REFUSED_METHODS]
+
+
 async def route(ctx: ProxyContext) -> None:
+    """The matching route (404 when none matches, 405 with `Allow` for another method only)."""
     assert ctx.installation is not None
+    table, method = ctx.state.table, ctx.request.method
     try:
-        ctx.match = ctx.state.table.match(ctx.slug, ctx.installation.id, ctx.request.method, ctx.path)
+        if method.upper() in REFUSED_METHODS:
+            raise MethodNotAllowed(_allow(table.allowed(ctx.slug, ctx.installation.id, ctx.path)))
+        ctx.match = table.match(ctx.slug, ctx.installation.id, method, ctx.path)
     except NoRoute:
         raise NotFound("No route of this plugin matches the path") from None
     except NoSuchMethod as exc:
-        raise MethodNotAllowed(list(exc.allowed)) from None
+        raise MethodNotAllowed(_allow(exc.allowed)) from None
 
 
 async def rate_limit(ctx: ProxyContext) -> None:

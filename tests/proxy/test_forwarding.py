@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from ipaddress import ip_network
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
 
 from gateway.dev import services as devservices
 from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
-from tests.plugins import make_plugin, problem, raw_request, until_status
+from tests.plugins import add_route, make_plugin, problem, raw_request, until_status
+
+HOSTILE_RESPONSE_HEADERS = (
+    ("WWW-Authenticate", 'Basic realm="plugin"'), ("Clear-Site-Data", '"*"'),
+    ("Strict-Transport-Security", "max-age=63072000; includeSubDomains; preload"), ("Alt-Svc", 'h3=":443"'),
+    ("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Credentials", "true"),
+    ("access-control-expose-headers", "X-Plugin-Fine"), ("Proxy-Authenticate", "Basic"),
+)
+NEVER_RETURNED = {name.lower() for name, _ in HOSTILE_RESPONSE_HEADERS} | {"set-cookie"}
 
 
 class Upstream:
@@ -31,11 +41,21 @@ class Upstream:
         app.router.add_get("/redirect", self.redirect)
         app.router.add_get("/drip", self.drip)
         app.router.add_get("/hang", self.hang)
+        app.router.add_route("*", "/hostile", self.hostile)
 
     async def echo(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.seen.append({"headers": dict(request.headers), "size": len(body), "path": request.raw_path})
         return web.json_response({"size": len(body)})
+
+    async def hostile(self, request: web.Request) -> web.Response:
+        """Headers no plugin may set on the platform's origin (`?cookie` adds a Set-Cookie)."""
+        self.seen.append({"headers": dict(request.headers), "size": 0, "path": request.raw_path})
+        headers = [(name, value) for name, value in HOSTILE_RESPONSE_HEADERS]
+        if "cookie" in request.query:
+            headers.append(("Set-Cookie", "session=plugin"))
+        return web.Response(status=int(request.query.get("status", "200")), text="{}",
+                            headers=CIMultiDict(headers + [("X-Plugin-Fine", "1"), ("Cache-Control", "max-age=60")]))
 
     async def slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "1")))
@@ -277,3 +297,195 @@ async def test_compressed_bodies_pass_untouched(client: TestClient, make: Factor
                                  headers={**plugin.member, "Content-Encoding": "gzip"})
     assert response.status == 200
     assert up.seen[-1]["size"] == len(packed) and up.seen[-1]["headers"]["Content-Encoding"] == "gzip"
+
+
+# -- issue 9: no caller can fool the gateway -------------------------------------------------------
+
+CALLER_FORWARDING = {
+    "X-Forwarded-For": "198.51.100.66", "X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Port": "8443", "X-Forwarded-Prefix": "/admin", "Forwarded": "for=198.51.100.66;proto=https",
+    "X-Real-IP": "198.51.100.66", "X-Original-URL": "/admin", "X-Rewrite-URL": "/admin",
+}
+NEVER_FORWARDED_FROM_CALLER = {"forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-prefix",
+                               "x-original-url", "x-rewrite-url"}
+
+
+def lowered(headers: dict[str, str]) -> set[str]:
+    return {name.lower() for name in headers}
+
+
+async def test_header_names_with_underscores_are_dropped(client: TestClient, make: Factory, db: asyncpg.Pool,
+                                                         upstream: tuple[Upstream, str]) -> None:
+    up, url = upstream
+    plugin = await make_plugin(db, make, url)
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    sneaky = {"X_Gateway_User_Id": "00000000-0000-0000-0000-000000000000", "X_Gateway_Space_Id": "evil",
+              "x_forwarded_for": "198.51.100.66", "X-Api_Key": "caller", "Plain_Header": "1", "X-Kept": "yes"}
+    response = await client.get(plugin.path("/echo"), headers={**plugin.member, **sneaky})
+    assert response.status == 200
+    seen = up.seen[-1]["headers"]
+    assert not any("_" in name for name in seen), seen
+    assert seen["X-Kept"] == "yes"
+    assert seen["X-Gateway-User-Id"] != sneaky["X_Gateway_User_Id"]  # the gateway's own, from the JWT
+    assert seen["X-Gateway-Space-Id"] == str(plugin.space_id)
+    assert seen["X-Forwarded-For"] == "127.0.0.1"
+
+
+async def test_caller_forwarding_headers_are_replaced_from_an_untrusted_peer(
+        client: TestClient, make: Factory, db: asyncpg.Pool, upstream: tuple[Upstream, str]) -> None:
+    """No GATEWAY_TRUSTED_PROXIES (the default): the caller's X-Forwarded-* are the caller's
+    invention; the plugin gets the gateway's own values, the peer alone in X-Forwarded-For."""
+    up, url = upstream
+    plugin = await make_plugin(db, make, url)
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    response = await client.get(plugin.path("/echo"), headers={**plugin.member, **CALLER_FORWARDING})
+    assert response.status == 200
+    seen = up.seen[-1]["headers"]
+    assert seen["X-Forwarded-For"] == "127.0.0.1"
+    assert seen["X-Forwarded-Proto"] == "http"
+    assert seen["X-Forwarded-Host"] == f"127.0.0.1:{client.port}"  # the Host the gateway was called with
+    assert not lowered(seen) & NEVER_FORWARDED_FROM_CALLER, seen
+
+
+async def test_a_trusted_proxy_is_believed(database_url: str, make: Factory, db: asyncpg.Pool,
+                                           upstream: tuple[Upstream, str]) -> None:
+    """Behind GATEWAY_TRUSTED_PROXIES (here the test client's loopback): its X-Forwarded-For gets
+    the peer appended, its -Proto and -Host pass on; the other forwarding headers still never do."""
+    up, url = upstream
+    settings = make_settings(database_url, trusted_proxies=(ip_network("127.0.0.0/8"),))
+    async with gateway_client(settings) as client:
+        plugin = await make_plugin(db, make, url)
+        await until_status(client, plugin.path("/echo"), plugin.member, 200)
+        sent = {**CALLER_FORWARDING, "X-Forwarded-For": "203.0.113.7, 10.1.2.3",
+                "X-Forwarded-Host": "platform.example"}
+        response = await client.get(plugin.path("/echo"), headers={**plugin.member, **sent})
+        assert response.status == 200
+        seen = up.seen[-1]["headers"]
+        assert seen["X-Forwarded-For"] == "203.0.113.7, 10.1.2.3, 127.0.0.1"
+        assert seen["X-Forwarded-Proto"] == "https" and seen["X-Forwarded-Host"] == "platform.example"
+        assert not lowered(seen) & NEVER_FORWARDED_FROM_CALLER, seen
+
+        # A trusted proxy that sent none: the gateway's own values.
+        response = await client.get(plugin.path("/echo"), headers=plugin.member)
+        assert response.status == 200
+        seen = up.seen[-1]["headers"]
+        assert seen["X-Forwarded-For"] == "127.0.0.1" and seen["X-Forwarded-Proto"] == "http"
+        assert seen["X-Forwarded-Host"] == f"127.0.0.1:{client.port}"
+
+
+async def test_a_peer_outside_the_trusted_proxies_is_not_believed(database_url: str, make: Factory,
+                                                                  db: asyncpg.Pool,
+                                                                  upstream: tuple[Upstream, str]) -> None:
+    up, url = upstream
+    settings = make_settings(database_url, trusted_proxies=(ip_network("10.0.0.0/8"), ip_network("::1/128")))
+    async with gateway_client(settings) as client:
+        plugin = await make_plugin(db, make, url)
+        await until_status(client, plugin.path("/echo"), plugin.member, 200)
+        response = await client.get(plugin.path("/echo"), headers={**plugin.member, **CALLER_FORWARDING})
+        assert response.status == 200
+        seen = up.seen[-1]["headers"]
+        assert seen["X-Forwarded-For"] == "127.0.0.1" and seen["X-Forwarded-Proto"] == "http"
+        assert seen["X-Forwarded-Host"] == f"127.0.0.1:{client.port}"
+
+
+@pytest.mark.parametrize("rest", [
+    "/files/..;/..;/admin", "/a/..;x/echo", "/.;/echo", "/a/.;x/echo", "/a/%2e%2e;/echo", "/a/%2E%2E;x/echo",
+    "/a/.%2e;/echo", "/a/%2e;/echo", "/a/..%3b/echo", "/a/..%3Bjsessionid=1/echo", "/a/%252e%252e/echo",
+    "/a/%252e%252e;/echo",
+])
+async def test_dot_segments_behind_a_path_parameter_are_refused(client: TestClient, make: Factory,
+                                                                db: asyncpg.Pool, upstream: tuple[Upstream, str],
+                                                                rest: str) -> None:
+    """Tomcat-style servers drop `;...` from a segment, then resolve `..;` as `..`."""
+    up, url = upstream
+    plugin = await make_plugin(db, make, url)
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    seen = len(up.seen)
+    status_line = await raw_request(client.port, f"GET {plugin.path(rest)} HTTP/1.1", plugin.member)  # type: ignore[arg-type]
+    assert status_line.split()[1] == b"400", rest
+    assert len(up.seen) == seen
+
+
+async def test_path_parameters_and_dots_that_do_not_climb_pass(client: TestClient, make: Factory,
+                                                               db: asyncpg.Pool,
+                                                               upstream: tuple[Upstream, str]) -> None:
+    _, url = upstream
+    plugin = await make_plugin(db, make, url)
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    for rest in ("/hostile;v=1", "/.../x", "/a..;/x", "/x;../y", "/.well-known/x", "/a%25/b"):
+        status_line = await raw_request(client.port, f"GET {plugin.path(rest)} HTTP/1.1", plugin.member)  # type: ignore[arg-type]
+        assert status_line.split()[1] != b"400", rest  # the upstream's own 404: it was reached
+
+
+@pytest.mark.parametrize("method", ["TRACE", "TRACK", "CONNECT"])
+async def test_trace_track_and_connect_never_reach_a_plugin(client: TestClient, make: Factory, db: asyncpg.Pool,
+                                                            upstream: tuple[Upstream, str], method: str) -> None:
+    """A `*` route takes any method but these. TRACE reaches the route stage (405 with Allow);
+    aiohttp's HTTP parser refuses TRACK outright (400) and routes CONNECT's authority-form
+    target nowhere (404): none of the three is passed on."""
+    up, url = upstream
+    plugin = await make_plugin(db, make, url)
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    seen = len(up.seen)
+    response = await client.request(method, plugin.path("/echo"), headers=plugin.member)
+    body = await response.read()
+    if method == "TRACE":
+        assert response.status == 405
+        assert response.headers["Content-Type"] == "application/problem+json" and problem(body)["status"] == 405
+        assert response.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+    else:
+        assert response.status in (400, 404, 405), (method, response.status)
+    assert len(up.seen) == seen
+
+
+async def test_trace_on_a_route_that_names_it_is_405_and_not_allowed(client: TestClient, make: Factory,
+                                                                     db: asyncpg.Pool,
+                                                                     upstream: tuple[Upstream, str]) -> None:
+    up, url = upstream
+    plugin = await make_plugin(db, make, url, routes={})
+    await add_route(db, plugin.service_id, "/echo", "/echo", method="GET")
+    await add_route(db, plugin.service_id, "/echo", "/echo", method="TRACE")
+    await until_status(client, plugin.path("/echo"), plugin.member, 200)
+    response = await client.request("TRACE", plugin.path("/echo"), headers=plugin.member)
+    assert response.status == 405 and response.headers["Allow"] == "GET, HEAD"
+    response = await client.post(plugin.path("/echo"), headers=plugin.member)
+    assert response.status == 405 and response.headers["Allow"] == "GET, HEAD"  # TRACE never listed
+    assert (await client.request("TRACE", plugin.path("/nothing"), headers=plugin.member)).status == 404
+    assert all(seen["path"] == "/echo" for seen in up.seen)
+    assert len(up.seen) == 1
+
+
+@pytest.mark.parametrize("status", [200, 401])
+async def test_plugin_response_headers_the_platform_owns_are_filtered(client: TestClient, make: Factory,
+                                                                      db: asyncpg.Pool,
+                                                                      upstream: tuple[Upstream, str],
+                                                                      status: int) -> None:
+    _, url = upstream
+    plugin = await make_plugin(db, make, url)
+    response = await until_status(client, plugin.path(f"/hostile?cookie=1&status={status}"), plugin.member, status)
+    assert response.headers["X-Plugin-Fine"] == "1"
+    assert not lowered(dict(response.headers)) & NEVER_RETURNED, response.headers
+
+
+async def test_a_cache_miss_filters_the_plugin_headers(client: TestClient, make: Factory, db: asyncpg.Pool,
+                                                       upstream: tuple[Upstream, str]) -> None:
+    _, url = upstream
+    plugin = await make_plugin(db, make, url, routes={})
+    await add_route(db, plugin.service_id, "/hostile", "/hostile", method="GET", cache_enabled=True, cache_ttl=60)
+    miss = await until_status(client, plugin.path("/hostile"), plugin.member, 200)
+    assert miss.headers["X-Cache-Status"] == "MISS" and miss.headers["X-Plugin-Fine"] == "1"
+    assert not lowered(dict(miss.headers)) & NEVER_RETURNED, miss.headers
+
+
+async def test_a_cache_hit_filters_the_plugin_headers(client: TestClient, make: Factory, db: asyncpg.Pool,
+                                                      upstream: tuple[Upstream, str]) -> None:
+    up, url = upstream
+    plugin = await make_plugin(db, make, url, routes={})
+    await add_route(db, plugin.service_id, "/hostile", "/hostile", method="GET", cache_enabled=True, cache_ttl=60)
+    await until_status(client, plugin.path("/hostile"), plugin.member, 200)
+    calls = len(up.seen)
+    hit = await client.get(plugin.path("/hostile"), headers=plugin.member)
+    await hit.read()
+    assert hit.headers["X-Cache-Status"] == "HIT" and len(up.seen) == calls
+    assert hit.headers["X-Plugin-Fine"] == "1"
+    assert not lowered(dict(hit.headers)) & NEVER_RETURNED, hit.headers
