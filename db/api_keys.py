@@ -40,8 +40,8 @@ _SHOWN = "id, space_id, name, role, prefix, created_by, created_at, last_used_at
 LIST_KEYS = f"""
 SELECT {_SHOWN} FROM public.api_keys
 WHERE space_id = $1 AND revoked_at IS NULL
-  AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
-ORDER BY created_at, id
+  AND ($2::timestamptz IS NULL OR (COALESCE(created_at, 'epoch'), id) > ($2, $3))
+ORDER BY COALESCE(created_at, 'epoch'), id
 LIMIT $4
 """
 

@@ -36,8 +36,8 @@ SELECT EXISTS (
 LIST_ASSIGNMENTS = """
 SELECT * FROM public.service_management_assignments
 WHERE instance_service_id = $1
-  AND ($2::timestamptz IS NULL OR (assigned_at, id) > ($2, $3))
-ORDER BY assigned_at, id
+  AND ($2::timestamptz IS NULL OR (COALESCE(assigned_at, 'epoch'), id) > ($2, $3))
+ORDER BY COALESCE(assigned_at, 'epoch'), id
 LIMIT $4
 """
 
@@ -49,7 +49,7 @@ REFRESH_MANAGEMENT_PLUGIN = """
 UPDATE public.instance_services SET management_plugin_id = (
     SELECT a.plugin_id FROM public.service_management_assignments a
     WHERE a.instance_service_id = $1 AND a.is_active
-    ORDER BY a.assigned_at DESC, a.id DESC
+    ORDER BY COALESCE(a.assigned_at, 'epoch') DESC, a.id DESC
     LIMIT 1
 )
 WHERE id = $1

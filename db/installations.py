@@ -29,8 +29,8 @@ WHERE si.space_id = $1 AND si.deleted_at IS NULL
 """
 
 LIST_INSTALLATIONS = LIVE_IN_SPACE + """
-  AND ($2::timestamptz IS NULL OR (si.installed_at, si.id) > ($2, $3))
-ORDER BY si.installed_at, si.id
+  AND ($2::timestamptz IS NULL OR (COALESCE(si.installed_at, 'epoch'), si.id) > ($2, $3))
+ORDER BY COALESCE(si.installed_at, 'epoch'), si.id
 LIMIT $4
 """
 

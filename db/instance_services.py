@@ -19,8 +19,8 @@ from db.pagination import PageRequest, page
 # holds what sorts strictly below it. LIMIT NULL means all rows.
 _PAGE_OF = """
 SELECT * FROM ({query}) q
-WHERE ($2::timestamptz IS NULL OR (q.discovered_at, q.id) < ($2, $3))
-ORDER BY q.discovered_at DESC, q.id DESC
+WHERE ($2::timestamptz IS NULL OR (COALESCE(q.discovered_at, 'epoch'), q.id) < ($2, $3))
+ORDER BY COALESCE(q.discovered_at, 'epoch') DESC, q.id DESC
 LIMIT $4
 """
 LIST_SERVICES = _PAGE_OF.format(query=queries.SERVICES_ON_INSTANCE)

@@ -14,8 +14,8 @@ from db.pagination import PageRequest, page
 LIST_INSTANCES = """
 SELECT * FROM public.infrastructure_instances
 WHERE space_id = $1 AND deleted_at IS NULL
-  AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
-ORDER BY created_at, id
+  AND ($2::timestamptz IS NULL OR (COALESCE(created_at, 'epoch'), id) > ($2, $3))
+ORDER BY COALESCE(created_at, 'epoch'), id
 LIMIT $4
 """
 

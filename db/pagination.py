@@ -36,6 +36,9 @@ class PageRequest:
         return self.after[1] if self.after else None
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def encode_cursor(at: datetime, row_id: UUID) -> str:
     return base64.urlsafe_b64encode(orjson.dumps([at.isoformat(), str(row_id)])).rstrip(b"=").decode()
 
@@ -73,5 +76,7 @@ def page(rows: list[dict[str, Any]], request: PageRequest, *, sort_key: str = "c
     """Cut the limit+1 rows a query fetched into `{"items", "next_cursor"}`."""
     items = rows[: request.limit]
     more = len(rows) > request.limit
-    next_cursor = encode_cursor(items[-1][sort_key], items[-1]["id"]) if more else None
+    # A NULL sort time (the seed's columns are nullable; the host platform may write rows) sorts
+    # as the epoch: the queries order by COALESCE(column, 'epoch') so that the cursor holds too.
+    next_cursor = encode_cursor(items[-1][sort_key] or EPOCH, items[-1]["id"]) if more else None
     return {"items": items, "next_cursor": next_cursor}

@@ -35,8 +35,8 @@ SELECT target_url FROM public.service_api_routes WHERE service_id = $1 AND insta
 LIST_ROUTES = """
 SELECT r.* FROM public.service_api_routes r
 WHERE r.service_id = $1 AND r.installation_id IS NOT DISTINCT FROM $2::uuid
-  AND ($3::timestamptz IS NULL OR (r.created_at, r.id) > ($3, $4))
-ORDER BY r.created_at, r.id
+  AND ($3::timestamptz IS NULL OR (COALESCE(r.created_at, 'epoch'), r.id) > ($3, $4))
+ORDER BY COALESCE(r.created_at, 'epoch'), r.id
 LIMIT $5
 """
 

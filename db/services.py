@@ -26,8 +26,8 @@ WHERE {VISIBLE}
   AND ($4::text IS NULL OR s.status = $4)
   AND ($5::boolean IS NULL OR s.verified = $5)
   AND ($6::text IS NULL OR s.name ILIKE $6 OR s.description ILIKE $6)
-  AND ($7::timestamptz IS NULL OR (s.created_at, s.id) > ($7, $8))
-ORDER BY s.created_at, s.id
+  AND ($7::timestamptz IS NULL OR (COALESCE(s.created_at, 'epoch'), s.id) > ($7, $8))
+ORDER BY COALESCE(s.created_at, 'epoch'), s.id
 LIMIT $9
 """
 

@@ -14,8 +14,8 @@ from db.pagination import PageRequest, page
 LIST_FOR_SERVICE = """
 SELECT c.* FROM public.service_ui_components c
 WHERE c.service_id = $1 AND c.installation_id IS NULL
-  AND ($2::timestamptz IS NULL OR (c.created_at, c.id) > ($2, $3))
-ORDER BY c.created_at, c.id
+  AND ($2::timestamptz IS NULL OR (COALESCE(c.created_at, 'epoch'), c.id) > ($2, $3))
+ORDER BY COALESCE(c.created_at, 'epoch'), c.id
 LIMIT $4
 """
 
@@ -43,7 +43,7 @@ WHERE si.space_id = $1 AND si.deleted_at IS NULL AND si.status = 'active'
   AND ($2::text IS NULL OR c.placement = $2)
   AND (coalesce(cardinality(c.required_permissions), 0) = 0 OR c.required_permissions && $3::text[])
   AND ($4::timestamptz IS NULL OR (c.created_at, c.id) > ($4, $5))
-ORDER BY c.created_at, c.id
+ORDER BY COALESCE(c.created_at, 'epoch'), c.id
 LIMIT $6
 """
 

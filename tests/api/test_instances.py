@@ -205,6 +205,25 @@ async def test_pagination(client: TestClient, make: Factory) -> None:
     assert [i["id"] for i in second["items"]] == ids[2:] and second["next_cursor"] is None
 
 
+
+async def test_pagination_over_rows_without_a_sort_time(client: TestClient, make: Factory, db: asyncpg.Pool) -> None:
+    """The seed's timestamps are nullable and the host platform writes rows too: a NULL created_at
+    sorts as the epoch (first), and paging across it neither answers 500 nor loses a row."""
+    space, owner, _ = await space_with(make)
+    ids = [(await new_instance(client, space, owner, name=f"node-{i}"))["id"] for i in range(4)]
+    await db.execute("UPDATE infrastructure_instances SET created_at = NULL WHERE id = ANY($1::uuid[])", ids[2:])
+    seen, cursor = [], ""
+    for _ in range(5):
+        response = await client.get(f"/api/v1/spaces/{space}/instances?limit=1{cursor}", headers=owner)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        seen += [i["id"] for i in body["items"]]
+        if body["next_cursor"] is None:
+            break
+        cursor = f"&cursor={body['next_cursor']}"
+    assert seen == sorted(ids[2:]) + ids[:2]
+
+
 BAD_BODIES = [
     ("unknown field", {"colour": "blue"}, "colour"),
     ("wrong type", {"port": "22"}, "port"),
