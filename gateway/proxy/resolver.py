@@ -26,10 +26,14 @@ class UpstreamRefused(OSError):
 
 class PublicOnlyResolver(AbstractResolver):
     """`lookups` defaults to the running loop's shared one (looked up at each call, so a resolver
-    built before the loop runs, or reused by a test on another loop, still finds its own)."""
+    built before the loop runs, or reused by a test on another loop, still finds its own).
 
-    def __init__(self, lookups: Lookups | None = None) -> None:
+    `allow_private` (GATEWAY_ALLOW_PRIVATE_UPSTREAMS) keeps every answer, but the lookups stay the
+    bounded, asynchronous ones: a slow name must not stall upstream calls in a lab setup either."""
+
+    def __init__(self, lookups: Lookups | None = None, *, allow_private: bool = False) -> None:
         self._lookups = lookups
+        self._allow_private = allow_private
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
@@ -39,7 +43,7 @@ class PublicOnlyResolver(AbstractResolver):
             raise OSError(None, str(exc)) from None  # aiohttp turns this into a DNS connect error
         public = [ResolveResult(hostname=host, host=a.host, port=a.port, family=a.family, proto=0,
                                 flags=_NUMERIC)
-                  for a in found if address_is_public(a.host)]
+                  for a in found if self._allow_private or address_is_public(a.host)]
         if not public:
             raise UpstreamRefused(f"upstream {host!r} is not a public address")
         return public

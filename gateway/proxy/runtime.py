@@ -71,7 +71,7 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
         # proxied call that holds a slot: they are bounded by the slots too.
         limit=0,
         limit_per_host=0,
-        resolver=None if settings.allow_private_upstreams else PublicOnlyResolver(),
+        resolver=PublicOnlyResolver(allow_private=settings.allow_private_upstreams),
         ttl_dns_cache=10,
         keepalive_timeout=30,
     )

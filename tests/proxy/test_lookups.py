@@ -124,6 +124,19 @@ async def test_public_only_resolver_keeps_only_public_answers() -> None:
         await lookups.close()
 
 
+async def test_allowing_private_upstreams_keeps_every_answer_from_the_same_bounded_lookups() -> None:
+    zone = Zone()
+    zone.add("private.test", "10.0.0.1", "93.184.216.34")
+    async with dns_server(zone) as server:
+        lookups = Lookups(nameservers=[server.nameserver])
+        resolver = PublicOnlyResolver(lookups, allow_private=True)
+        found = await resolver.resolve("private.test", 80, socket.AF_UNSPEC)
+        assert sorted(r["host"] for r in found) == ["10.0.0.1", "93.184.216.34"]
+        with pytest.raises(OSError):
+            await resolver.resolve("unknown.test", 80)
+        await lookups.close()
+
+
 async def test_proxy_connects_only_after_the_shared_lookup(database_url: str, make: Factory, db: asyncpg.Pool,
                                                            aiohttp_server: Any,
                                                            no_thread_pool_lookups: list[Any]) -> None:
