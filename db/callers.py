@@ -20,10 +20,9 @@ SPACE_ROLE = "SELECT role FROM public.space_members WHERE space_id = $1 AND user
 
 SPACE_EXISTS = "SELECT EXISTS (SELECT 1 FROM public.spaces WHERE id = $1)"
 
-API_KEY_BY_HASH = """
-SELECT id, space_id, role FROM public.api_keys
-WHERE key_hash = $1 AND revoked_at IS NULL
-"""
+# API keys are looked up across spaces (a key names its space), so through SECURITY DEFINER
+# functions owned by gateway_reader / gateway_bookkeeper (migration 20250101000900).
+API_KEY_BY_HASH = "SELECT * FROM public.gateway_api_key_by_hash($1)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +43,12 @@ FROM unnest($1::uuid[], $2::uuid[]) AS k(space_id, user_id)
 LEFT JOIN public.space_members m ON m.space_id = k.space_id AND m.user_id = k.user_id
 """
 
-LIVE_API_KEYS = "SELECT id, space_id, role, key_hash FROM public.api_keys WHERE revoked_at IS NULL"
+LIVE_API_KEYS = "SELECT * FROM public.gateway_live_api_keys()"
 
-API_KEYS_BY_ID = """
-SELECT id, space_id, role, key_hash FROM public.api_keys
-WHERE id = ANY($1::uuid[]) AND revoked_at IS NULL
-"""
+API_KEYS_BY_ID = "SELECT * FROM public.gateway_api_keys_by_id($1::uuid[])"
 
 # Everything LIVE_API_KEYS returns, in one short value: the safety net for a missed notification.
-API_KEYS_FINGERPRINT = """
-SELECT count(*)::text || ':' || COALESCE(md5(string_agg(
-           id::text || space_id::text || role || encode(key_hash, 'hex'), ',' ORDER BY id)), '')
-FROM public.api_keys WHERE revoked_at IS NULL
-"""
+API_KEYS_FINGERPRINT = "SELECT public.gateway_api_keys_fingerprint()"
 
 
 async def user_exists(conn: asyncpg.Connection | asyncpg.Pool, user_id: UUID) -> bool:
@@ -114,7 +106,7 @@ async def api_keys_fingerprint(conn: asyncpg.Connection | asyncpg.Pool) -> str:
     return str(await conn.fetchval(API_KEYS_FINGERPRINT))
 
 
-TOUCH_API_KEYS = "UPDATE public.api_keys SET last_used_at = $2 WHERE id = ANY($1::uuid[])"
+TOUCH_API_KEYS = "SELECT public.gateway_touch_api_keys($1::uuid[], $2)"
 
 
 async def touch_api_keys(conn: asyncpg.Connection | asyncpg.Pool, ids: list[UUID], at: datetime) -> None:

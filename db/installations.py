@@ -67,14 +67,18 @@ SELECT s.id, s.slug, s.name, s.status,
        )) AS visible
 FROM public.service_registry s
 WHERE (s.id = $1 OR s.slug = $2) AND s.deleted_at IS NULL
-FOR NO KEY UPDATE OF s
 """
+# The service row's lock, through a SECURITY DEFINER function (migration 20250101000900): a space
+# admin may not lock a marketplace row itself. Taken before LOCK_SERVICE reads the row, so that
+# read sees the row as it stays until commit.
+LOCK_SERVICE_ROW = "SELECT public.gateway_lock_service($1, $2)"
 
 
 async def lock_installable_service(conn: asyncpg.Connection, *, service_id: UUID | None, slug: str | None,
                                    admin: bool, user_id: UUID | None) -> dict[str, Any]:
     """The approved, live service named by id or slug, locked; else Invalid naming that field."""
     field = "service_id" if service_id is not None else "slug"
+    await conn.execute(LOCK_SERVICE_ROW, service_id, slug)
     row = await conn.fetchrow(LOCK_SERVICE, service_id, slug, admin, user_id)
     if row is None or not row["visible"]:
         raise Invalid(field, "names no approved service")
@@ -153,7 +157,6 @@ async def update_installation(conn: asyncpg.Connection, space_id: UUID, installa
     return await get_installation(conn, space_id, installation_id)
 
 
-LOCK_SERVICE_ROW = "SELECT 1 FROM public.service_registry WHERE id = $1 FOR NO KEY UPDATE"
 
 # Re-checks deleted_at after waiting for the row lock, so of two concurrent uninstalls one wins
 # and the other finds nothing (404) instead of counting the installation out twice.
@@ -166,6 +169,6 @@ RETURNING id
 
 async def uninstall(conn: asyncpg.Connection, space_id: UUID, installation_id: UUID) -> None:
     row = await scopes.live_installation(conn, space_id, installation_id)
-    await conn.execute(LOCK_SERVICE_ROW, row["service_id"])
+    await conn.execute(LOCK_SERVICE_ROW, row["service_id"], None)
     if await conn.fetchval(SOFT_DELETE, installation_id, space_id) is None:
         raise NotFound("No such installation in this space")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import asyncpg
 
+from db import roles
+
 log = logging.getLogger("gateway.migrate")
 
 FILE_NAME = re.compile(r"^(\d{14})_([a-z0-9_]+)\.sql$")
@@ -95,8 +97,11 @@ async def pending_migrations(conn: asyncpg.Connection, known: list[Migration] | 
     return [m for m in known if m.version not in applied]
 
 
-async def migrate(dsn: str, folder: Path | None = None) -> list[str]:
-    """Apply pending migrations; returns the file names applied (empty when up to date)."""
+async def migrate(dsn: str, folder: Path | None = None, *, app_role: str = "gateway_app") -> list[str]:
+    """Apply pending migrations; returns the file names applied (empty when up to date).
+
+    The roles the migrations name are created first, and the app role's privileges granted
+    after (db/roles.py); RoleSetupNeeded when this login may not create roles."""
     known = load_migrations(folder)
     conn = await asyncpg.connect(dsn)
     try:
@@ -104,6 +109,8 @@ async def migrate(dsn: str, folder: Path | None = None) -> list[str]:
         # finds nothing pending.
         await conn.execute("SELECT pg_advisory_lock($1)", ADVISORY_LOCK_ID)
         try:
+            for created in await roles.ensure_roles(conn, app_role):
+                log.info("created role %s", created)
             await conn.execute(CREATE_LEDGER)
             applied = []
             for migration in await pending_migrations(conn, known):
@@ -112,6 +119,7 @@ async def migrate(dsn: str, folder: Path | None = None) -> list[str]:
                     await conn.execute(INSERT_APPLIED, migration.version, migration.name, migration.checksum)
                 log.info("applied %s", migration.filename)
                 applied.append(migration.filename)
+            await roles.grant_app_role(conn, app_role)
             return applied
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_ID)

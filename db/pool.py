@@ -21,6 +21,7 @@ from uuid import UUID
 import asyncpg
 from asyncpg.connection import LoggedQuery
 
+from db import roles
 from db.errors import DatabaseUnavailable
 
 log = logging.getLogger("gateway.db")
@@ -65,8 +66,14 @@ async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     conn.add_query_logger(_query_done)
     return conn
 
+# Transaction-local (set_config's `true`): a pooled connection never carries one caller's
+# settings into the next transaction. Row-level security reads app.space_id, app.user_id and
+# app.platform_admin (migrations/20250101000900_roles_and_row_security.sql); the audit triggers
+# also read app.api_key_id and app.request_id.
 SET_CALLER = """
-SELECT set_config('app.user_id', $1, true), set_config('app.space_id', $2, true)
+SELECT set_config('app.user_id', $1, true), set_config('app.space_id', $2, true),
+       set_config('app.platform_admin', $3, true), set_config('app.api_key_id', $4, true),
+       set_config('app.request_id', $5, true)
 """
 
 
@@ -76,10 +83,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, role: str | None = None) -> asyncpg.Pool:
+    """`role`: every connection's queries run as that role (db/roles.py), else as the login."""
     return await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, connect=connect,
-        command_timeout=30, timeout=5,
+        command_timeout=30, timeout=5, server_settings=roles.connect_settings(role) if role else None,
     )
 
 
@@ -90,19 +98,52 @@ class Database:
     opened by a background task that retries, not in the startup path.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, role: str | None = None) -> None:
+        """`role` (GATEWAY_DB_ROLE): the role every query runs as. It is checked once the pool
+        opens: a superuser, BYPASSRLS or owner role is refused (`refused` says why) and the pool
+        is never used, so row-level security holds every query or there are none."""
         self.dsn = dsn
+        self.role = role
         self.pool: asyncpg.Pool | None = None
+        self.identity: roles.Identity | None = None
+        self.refused: str | None = None
         self.ready = asyncio.Event()
 
     async def connect(self, *, retry_seconds: float = 1.0) -> None:
         while self.pool is None:
             try:
-                self.pool = await create_pool(self.dsn)
+                pool = await create_pool(self.dsn, role=self.role)
             except CONNECTION_ERRORS as exc:
                 log.warning("PostgreSQL not reachable yet: %s", type(exc).__name__)
                 await asyncio.sleep(retry_seconds)
+                continue
+            except asyncpg.InvalidParameterValueError as exc:  # the role does not exist, or is not ours
+                await self._refuse(None, f"cannot run queries as {self.role!r}: {exc}")
+                return
+            if self.role is not None:
+                try:
+                    async with pool.acquire() as conn:
+                        self.identity = await roles.check_identity(conn, self.role)
+                except roles.UnsafeRole as exc:
+                    await self._refuse(pool, str(exc))
+                    return
+                if self.identity.login_privileged:
+                    log.warning("the login %r is a superuser, BYPASSRLS or the tables' owner: fine for "
+                                "development; production logs in as a member of %r only",
+                                self.identity.login, self.role)
+            self.pool = pool
         self.ready.set()
+
+    async def _refuse(self, pool: asyncpg.Pool | None, reason: str) -> None:
+        self.refused = reason
+        log.critical("refusing to use PostgreSQL: %s (set GATEWAY_DB_ROLE, run `gateway migrate`)", reason)
+        if pool is not None:
+            await pool.close()
+
+    async def connect_one(self, *, timeout: float = 5) -> asyncpg.Connection:
+        """A connection of its own (the change listener's), with the pool's role and failure counting."""
+        return await connect(self.dsn, timeout=timeout,
+                             server_settings=roles.connect_settings(self.role) if self.role else None)
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -114,12 +155,14 @@ class Database:
         return self.pool
 
     @asynccontextmanager
-    async def transaction(self, *, user_id: UUID | None = None,
-                          space_id: UUID | None = None) -> AsyncIterator[asyncpg.Connection]:
-        """One transaction carrying the caller in `app.user_id` / `app.space_id` (transaction-local)."""
+    async def transaction(self, *, user_id: UUID | None = None, space_id: UUID | None = None,
+                          platform_admin: bool = False, api_key_id: UUID | None = None,
+                          request_id: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction carrying the caller in the `app.*` settings (see SET_CALLER)."""
         try:
             async with self.require().acquire() as conn, conn.transaction():
-                await conn.execute(SET_CALLER, str(user_id or ""), str(space_id or ""))
+                await conn.execute(SET_CALLER, str(user_id or ""), str(space_id or ""),
+                                   "on" if platform_admin else "off", str(api_key_id or ""), request_id or "")
                 yield conn
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc

@@ -11,26 +11,10 @@ from typing import Any
 
 import asyncpg
 
-LIVE_ROUTES = """
-SELECT r.id, r.service_id, s.slug AS service_slug, r.installation_id, r.route_path, r.method,
-       r.target_url, s.api_base_url, r.auth_type, r.auth_config, r.rate_limit, r.rate_limit_window,
-       COALESCE(r.cache_enabled, false) AS cache_enabled, r.cache_ttl, COALESCE(r.options, '{}') AS options,
-       r.updated_at
-FROM public.service_api_routes r
-JOIN public.service_registry s ON s.id = r.service_id
-LEFT JOIN public.service_installations si ON si.id = r.installation_id
-WHERE s.deleted_at IS NULL AND s.status IN ('approved', 'deprecated')
-  AND (r.installation_id IS NULL OR si.deleted_at IS NULL)
-"""
-
-LIVE_INSTALLATIONS = """
-SELECT si.id, si.space_id, si.service_id, s.slug AS service_slug, si.status,
-       COALESCE(si.permissions, '{}') AS permissions, COALESCE(si.credentials, '{}') AS credentials,
-       s.api_auth_type, COALESCE(s.api_auth_config, '{}') AS api_auth_config, si.updated_at
-FROM public.service_installations si
-JOIN public.service_registry s ON s.id = si.service_id
-WHERE si.deleted_at IS NULL AND s.deleted_at IS NULL AND s.status IN ('approved', 'deprecated')
-"""
+# Across spaces, so through SECURITY DEFINER functions owned by gateway_reader (migration
+# 20250101000900_roles_and_row_security.sql holds the queries).
+LIVE_ROUTES = "SELECT * FROM public.gateway_live_routes()"
+LIVE_INSTALLATIONS = "SELECT * FROM public.gateway_live_installations()"
 
 
 async def load(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

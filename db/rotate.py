@@ -31,14 +31,10 @@ class Rotated:
     rotated: int
 
 
-def _select(table: str, column: str, member: str | None) -> str:
-    envelope = f"{column}->'{member}'" if member else column
-    return (f"SELECT id, {column} AS value FROM public.{table} "
-            f"WHERE {envelope} ? 'kid' AND {envelope}->>'kid' <> $1 AND id > $2 ORDER BY id LIMIT {BATCH}")
-
-
-def _update(table: str, column: str) -> str:
-    return f"UPDATE public.{table} SET {column} = $2 WHERE id = $1 AND {column} = $3"
+# Every space's rows, so through SECURITY DEFINER functions owned by gateway_rotator (migration
+# 20250101000900_roles_and_row_security.sql), which may read and write the sealed columns only.
+NEXT_BATCH = "SELECT id, value FROM public.gateway_sealed_batch($1, $2, $3::uuid, $4)"
+RESEAL = "SELECT public.gateway_reseal($1, $2, $3, $4)"
 
 
 async def rotate(conn: asyncpg.Connection, keyring: KeyRing) -> list[Rotated]:
@@ -46,14 +42,14 @@ async def rotate(conn: asyncpg.Connection, keyring: KeyRing) -> list[Rotated]:
     for table, column, member in SEALED:
         aad_column = f"{column}.{member}" if member else column
         count, after = 0, "00000000-0000-0000-0000-000000000000"
-        while rows := await conn.fetch(_select(table, column, member), keyring.primary, after):
+        while rows := await conn.fetch(NEXT_BATCH, table, keyring.primary, after, BATCH):
             for row in rows:
                 value: dict[str, Any] = row["value"]
                 envelope = value[member] if member else value
                 aad = associated_data(table, row["id"], aad_column)
                 resealed = keyring.seal(keyring.open(envelope, aad), aad)
                 new_value = {**value, member: resealed} if member else resealed
-                if await conn.execute(_update(table, column), row["id"], new_value, value) == "UPDATE 1":
+                if await conn.fetchval(RESEAL, table, row["id"], new_value, value):
                     count += 1
             after = str(rows[-1]["id"])
         results.append(Rotated(table, count))

@@ -40,6 +40,7 @@ SELECT s.*, EXISTS (SELECT 1 FROM public.service_maintainers m
 FROM public.service_registry s WHERE s.id = $1 AND s.deleted_at IS NULL
 FOR UPDATE
 """
+READ_FOR_REFUSAL = LOCK_FOR_WRITE.replace("FOR UPDATE", "")
 
 ADD_MAINTAINER = """
 INSERT INTO public.service_maintainers (service_id, user_id) VALUES ($1, $2)
@@ -79,6 +80,11 @@ async def lock_for_write(conn: asyncpg.Connection, service_id: UUID,
                          user_id: UUID | None) -> dict[str, Any]:
     """The live service row, locked, with `is_maintainer` for the caller."""
     row = await conn.fetchrow(LOCK_FOR_WRITE, service_id, user_id)
+    if row is None:
+        # Row-level security lets only maintainers and platform admins lock (update) the row: to
+        # anyone else it reads as not there. Read it unlocked to answer them 403 rather than 404
+        # (they are refused either way, so the lock does not matter).
+        row = await conn.fetchrow(READ_FOR_REFUSAL, service_id, user_id)
     if row is None:
         raise NotFound("No such service")
     return dict(row)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import asyncpg
-
 from db import proxy_state
 from db.encryption import KeyRing
 from db.pool import create_pool
@@ -18,7 +16,7 @@ def rotate_keys(settings: Settings) -> int:
     keyring = KeyRing.parse(settings.encryption_keys)
 
     async def run() -> None:
-        pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+        pool = await create_pool(settings.database_url, min_size=1, max_size=1, role=settings.db_role)
         try:
             async with pool.acquire() as conn:
                 for result in await rotate(conn, keyring):
@@ -32,11 +30,12 @@ def rotate_keys(settings: Settings) -> int:
 
 def print_routes(settings: Settings) -> int:
     async def load() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-        conn = await asyncpg.connect(settings.database_url)
+        pool = await create_pool(settings.database_url, min_size=1, max_size=1, role=settings.db_role)
         try:
-            return await proxy_state.load(conn)
+            async with pool.acquire() as conn:
+                return await proxy_state.load(conn)
         finally:
-            await conn.close()
+            await pool.close()
 
     routes, installations = asyncio.run(load())
     state = build_state(routes, installations)  # type: ignore[arg-type]

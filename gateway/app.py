@@ -51,7 +51,7 @@ async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[DB] = Database(settings.database_url)
+    app[DB] = Database(settings.database_url, role=settings.db_role)
     app[KEYRING] = KeyRing.parse(settings.encryption_keys)
     app[JWT] = JwtVerifier.from_config(
         secret=settings.jwt_secret, public_key=settings.jwt_public_key, jwks_url=settings.jwks_url,

@@ -13,9 +13,15 @@ from gateway.settings import ConfigError, Settings
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from db.migrate import migrate
+    from db.roles import RoleSetupNeeded
 
-    settings.require("database_url")
-    applied = asyncio.run(migrate(settings.database_url))
+    settings.require("migrate_database_url")
+    try:
+        applied = asyncio.run(migrate(settings.migrate_database_url, app_role=settings.db_role))
+    except RoleSetupNeeded as exc:
+        print("This login may not create roles. Have a superuser (or a role with CREATEROLE) run:\n\n"
+              + "\n".join(exc.statements) + "\n\nthen run `gateway migrate` again.", file=sys.stderr)
+        return 2
     print("\n".join(f"applied {name}" for name in applied) or "database is up to date")
     return 0
 

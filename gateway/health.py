@@ -55,8 +55,11 @@ async def readyz(request: web.Request) -> web.Response:
     database = await _database_answers(request)
     loader = app[PROXY].loader
     age = loader.age
+    identity = app[DB].identity
     body: dict[str, object] = {
         "database": "up" if database else "down",
+        # Who logged in and the role every query runs as (row-level security holds that role).
+        "database_role": None if identity is None else {"login": identity.login, "role": identity.role},
         "redis": await _redis_state(app[PROXY].redis),
         "cache_redis": await _redis_state(app[PROXY].cache.link),  # GATEWAY_CACHE_REDIS_URL, else REDIS_URL
         # Memberships, users and key hashes: past GATEWAY_CALLER_CACHE_TTL only while PostgreSQL is away.
@@ -74,6 +77,8 @@ async def readyz(request: web.Request) -> web.Response:
     body["status"] = "starting"
     if app.get(PENDING_MIGRATIONS):
         body["missing"] = ["pending migrations: " + ", ".join(app[PENDING_MIGRATIONS]) + " (run gateway migrate)"]
+    elif app[DB].refused:
+        body["missing"] = [f"database role: {app[DB].refused}"]
     else:
         body["missing"] = ["database"] if app[DB].pool is None else ["route table"]
     return web.json_response(body, status=503)

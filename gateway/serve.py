@@ -29,6 +29,7 @@ live gauges while its counters stay in the sums.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -46,6 +47,7 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from db.pool import Database
 from gateway.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -245,6 +247,20 @@ def _check() -> None:
 
 # --- the entry point --------------------------------------------------------------------------
 
+async def database_role_refused(settings: Settings) -> str | None:
+    """Why the gateway must not start on this database (its queries would not be held by
+    row-level security), or None. PostgreSQL not answering is no reason: the gateway starts and
+    serves what it knows; every worker checks again when its pool opens (db/pool.py)."""
+    database = Database(settings.database_url, role=settings.db_role)
+    try:
+        await asyncio.wait_for(database.connect(), timeout=3)
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        await database.close()
+    return database.refused
+
+
 def serve(settings: Settings, *, host: str, port: int, workers: int,
           configure_app: AppHook | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the gateway until SIGTERM/SIGINT; `configure_app` is called on each worker's app (the
@@ -252,6 +268,10 @@ def serve(settings: Settings, *, host: str, port: int, workers: int,
     the process environment; the demo passes its own). Returns the exit status."""
     settings.require(*REQUIRED_FOR_SERVE)
     require_c_parser()
+    refused = asyncio.run(database_role_refused(settings))
+    if refused:
+        log.critical("refusing to start: %s", refused)
+        return 1
     if workers > 1 and not settings.redis_url:
         log.warning("%d workers without REDIS_URL: rate limits and the response cache are per worker", workers)
     if "prometheus_client.values" in sys.modules and not os.environ.get(MULTIPROC_ENV):

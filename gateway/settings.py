@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -86,9 +87,25 @@ def usable_cpus() -> int:
     return max(1, count)
 
 
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _role_name(env: Mapping[str, str], name: str, default: str) -> str:
+    """A PostgreSQL role name the gateway may put in statements unquoted: lower-case, no `pg_`."""
+    value = env.get(name) or default
+    if not _ROLE_NAME.fullmatch(value) or value.startswith("pg_"):
+        raise ConfigError(f"Config '{name}' must be a lower-case role name (letters, digits, '_'; "
+                          f"not starting with 'pg_'), got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = ""
+    # The tables' owner, for `gateway migrate` (and the audit verifier); DATABASE_URL when unset.
+    migrate_database_url: str = ""
+    # The NOLOGIN role every query of `gateway serve` runs as (row-level security applies to it).
+    db_role: str = "gateway_app"
     redis_url: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
@@ -143,6 +160,8 @@ class Settings:
             raise ConfigError(f"Config 'GATEWAY_UPSTREAM_SPACE_SHARE' must be greater than 0 and at most 1, got {share:g}")
         return cls(
             database_url=env.get("DATABASE_URL", ""),
+            migrate_database_url=env.get("GATEWAY_MIGRATE_DATABASE_URL") or env.get("DATABASE_URL", ""),
+            db_role=_role_name(env, "GATEWAY_DB_ROLE", "gateway_app"),
             redis_url=redis_url,
             host=host,
             port=_integer(env, "GATEWAY_PORT", 8080),
@@ -185,6 +204,7 @@ class Settings:
         """Stop startup when a setting a command needs is empty, naming its variable."""
         variables = {
             "database_url": "DATABASE_URL",
+            "migrate_database_url": "GATEWAY_MIGRATE_DATABASE_URL (or DATABASE_URL)",
             "encryption_keys": "GATEWAY_ENCRYPTION_KEYS",
             "assertion_key": "GATEWAY_ASSERTION_KEY",
         }

@@ -32,11 +32,8 @@ CHANNEL = "gateway_changes"
 STATE_TABLES = frozenset({"service_registry", "service_installations", "service_api_routes"})
 DEBOUNCE_SECONDS = 0.05
 SAFETY_INTERVAL_SECONDS = 30.0
-FINGERPRINT = """
-SELECT (SELECT count(*) || ':' || COALESCE(max(updated_at)::text, '') FROM public.service_api_routes)
-    || '|' || (SELECT count(*) || ':' || COALESCE(max(updated_at)::text, '') FROM public.service_installations)
-    || '|' || (SELECT count(*) || ':' || COALESCE(max(updated_at)::text, '') FROM public.service_registry)
-"""
+# Across spaces: through the SECURITY DEFINER function of migration 20250101000900.
+FINGERPRINT = "SELECT public.gateway_routes_fingerprint()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +235,7 @@ class StateLoader:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.db.dsn, timeout=5)
+                conn = await self.db.connect_one(timeout=5)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _: lost.set())
                 await conn.add_listener(CHANNEL, self._notified)

@@ -14,6 +14,7 @@ from db.pool import Database
 from gateway.appkeys import DB, JWT
 from gateway.auth_failures import identify_request
 from gateway.errors import Forbidden, NotFound
+from gateway.middleware import request_id_of
 from gateway.proxy.key_hashes import KeyHashes, Verdict
 from gateway.proxy.runtime import PROXY
 
@@ -98,4 +99,6 @@ async def require_platform_admin(request: web.Request) -> Principal:
 def transaction(request: web.Request, principal: Principal, space_id: UUID | None = None):  # type: ignore[no-untyped-def]
     """The request's one transaction, carrying the caller for row-level security and audit."""
     return request.app[DB].transaction(
-        user_id=principal.user_id, space_id=space_id or principal.api_key_space_id)
+        user_id=principal.user_id, space_id=space_id or principal.api_key_space_id,
+        platform_admin=principal.platform_admin, api_key_id=principal.api_key_id,
+        request_id=request_id_of(request))

@@ -49,8 +49,11 @@ def test_no_hop_by_hop_credential_forwarding_or_gateway_name_is_ever_forwarded(
     assert not out & set(NEVER_FORWARDED)
     assert not any(name.startswith(("x-gateway-", "x-forwarded-")) for name in out)
     assert not any("_" in name for name in out)
-    # And what is harmless passes: the filter is not simply "drop everything".
-    assert out == {n.lower() for n, _ in good if "_" not in n and not n.lower().startswith(("x-gateway-", "x-forwarded-"))}
+    # And what is harmless passes (unless a generated Connection header named it hop-by-hop): the
+    # filter is not simply "drop everything".
+    named = {t.strip().lower() for n, v in bad if n.lower() == "connection" for t in v.split(",")}
+    assert out == {n.lower() for n, _ in good if "_" not in n and n.lower() not in named
+                   and not n.lower().startswith(("x-gateway-", "x-forwarded-"))}
 
 
 @given(name=st.text(TOKEN_CHARS, min_size=1, max_size=12), at=st.integers(0, 12))
