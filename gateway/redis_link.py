@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import redis.asyncio as redis
@@ -30,8 +31,109 @@ TIMEOUTS_BEFORE_PAUSE = 3
 MAX_CONNECTIONS = 64
 
 
+# How often a call's deadline may move because the event loop itself was busy (see answer_within);
+# a call then takes at most about (1 + MAX_LAG_EXTENSIONS) x the timeout of idle time.
+MAX_LAG_EXTENSIONS = 100
+# How often the loop's lag is sampled while a Redis call is in flight, and how late a sample must
+# run to say the loop was busy.
+LAG_TICK = 0.005
+LATE = 0.001
+
+
 class RedisUnavailable(Exception):
     """Redis is not configured, failing, or slower than the timeout."""
+
+
+class LoopLag:
+    """How long the event loop was too busy to run a due callback, summed. A ticker is due every
+    LAG_TICK seconds; when it runs late, the loop was saturated, and the whole time since the
+    previous tick counts as busy (counting only the lateness would miss LAG_TICK of every busy
+    turn, which adds up over a burst of many turns). It ticks only while a Redis call is in flight."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.users = 0
+        self._busy = 0.0
+        self._previous = self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def acquire(self) -> None:
+        self.users += 1
+        if self._handle is None:
+            self._previous = self.loop.time()
+            self._due = self._previous + LAG_TICK
+            self._handle = self.loop.call_at(self._due, self._tick)
+
+    def release(self) -> None:
+        self.users -= 1
+
+    def _late(self, now: float) -> float:
+        """Busy time since the previous tick, as far as it is known at `now`."""
+        return now - self._previous if now - self._due > LATE else 0.0
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        self._busy += self._late(now)
+        self._previous = now
+        if self.users > 0:
+            self._due = now + LAG_TICK
+            self._handle = self.loop.call_at(self._due, self._tick)
+        else:
+            self._handle = None
+
+    def busy(self) -> float:
+        """Seconds the loop was busy so far, the tick that is overdue right now included."""
+        return self._busy + (self._late(self.loop.time()) if self._handle is not None else 0.0)
+
+
+_LAGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopLag] = weakref.WeakKeyDictionary()
+
+
+def loop_lag() -> LoopLag:
+    loop = asyncio.get_running_loop()
+    lag = _LAGS.get(loop)
+    if lag is None:
+        lag = _LAGS[loop] = LoopLag(loop)
+    return lag
+
+
+@contextlib.asynccontextmanager
+async def answer_within(timeout: float) -> AsyncIterator[None]:
+    """`asyncio.timeout(timeout)`, except that time this process's own event loop is busy does not
+    count (GATEWAY_REDIS_TIMEOUT, contract revision 3): under a burst the loop may run a few
+    hundred milliseconds of other requests' work before it reads an answer Redis sent at once,
+    and that is no reason to fall back.
+
+    When the deadline's timer fires, the loop's lag since the call began (LoopLag) is taken off
+    the time elapsed; while what is left is under the timeout, the deadline moves on by the
+    difference (at most MAX_LAG_EXTENSIONS times). Past it, the call is cancelled one loop turn
+    later, so an answer read in this same turn still wins.
+    """
+    loop = asyncio.get_running_loop()
+    lag = loop_lag()
+    lag.acquire()
+    started, busy_before = loop.time(), lag.busy()
+    try:
+        async with asyncio.timeout(None) as scope:
+            extensions = 0
+
+            def fire() -> None:
+                nonlocal extensions, handle
+                now = loop.time()
+                waited = (now - started) - (lag.busy() - busy_before)
+                if waited < timeout and extensions < MAX_LAG_EXTENSIONS:
+                    extensions += 1
+                    handle = loop.call_at(now + max(0.001, timeout - waited), fire)
+                else:
+                    scope.reschedule(now)  # due at the next turn, after the callbacks queued in this one
+
+            handle = loop.call_at(started + timeout, fire)
+            try:
+                yield
+            finally:
+                handle.cancel()
+    finally:
+        lag.release()
 
 
 class RedisLink:
@@ -41,9 +143,12 @@ class RedisLink:
         if url:
             # A blocking pool: under a burst, calls wait (within the timeout) for a connection
             # instead of failing with MaxConnectionsError and tripping the fallback.
+            # redis-py's own timeouts count wall time, busy loop included: they are only the
+            # outer bound; each call's deadline is answer_within's.
+            outer = max(5.0, timeout * (1 + MAX_LAG_EXTENSIONS))
             pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
-                socket_connect_timeout=timeout, health_check_interval=0)
+                url, max_connections=MAX_CONNECTIONS, timeout=outer, socket_timeout=outer,
+                socket_connect_timeout=outer, health_check_interval=0)
             self.client = redis.Redis(connection_pool=pool, retry=None)
         self._paused_until = 0.0
         self._failures = 0  # in a row
@@ -61,7 +166,7 @@ class RedisLink:
             raise RedisUnavailable("redis is paused after a failure" if self.client else "redis is not configured")
         assert self.client is not None
         try:
-            async with asyncio.timeout(self.timeout):
+            async with answer_within(self.timeout):
                 result = await operation(self.client)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failures += 1
@@ -72,7 +177,7 @@ class RedisLink:
                 self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE
             metrics.DEPENDENCY_ERRORS.labels("redis").inc()
             if self.healthy:
-                log.warning("redis call failed (%s); falling back for %.0f s", type(exc).__name__, PAUSE_AFTER_FAILURE)
+                log.warning("redis call failed (%s.%s); falling back for %.0f s", type(exc).__module__, type(exc).__name__, PAUSE_AFTER_FAILURE)
             self.healthy = False
             if not timed_out and isinstance(exc, (RedisConnectionError, OSError)):
                 await self._drop_idle_connections()

@@ -165,6 +165,10 @@ class RateLimiter:
         self.failure_mode = failure_mode
         self.clock = clock
         self.local = LocalCounter(clock)
+        # The last count Redis gave for each live window key: a fallback that starts mid-window
+        # carries on from it instead of from zero (see `_fallback`).
+        self.seen: TLRUCache[tuple[UUID, UUID, int, int], int] = TLRUCache(
+            LOCAL_MAX_KEYS, ttu=lambda key, _value, _now: key[3] + key[2], timer=clock)
         self.node_id = uuid.uuid4().hex
         self.live_nodes = 1  # nodes seen by the last successful heartbeat (this one included)
         self._incr = _IncrBatcher(link) if link.client is not None else None
@@ -179,6 +183,7 @@ class RateLimiter:
             count = await self._incr.incr(key, window + TTL_MARGIN_SECONDS)
         except RedisUnavailable:
             return self._fallback(route_id, space_id, limit, window, start, reset)
+        self.seen[(route_id, space_id, window, start)] = count
         return _decision(int(count), limit, window, reset)
 
     def _fallback(self, route_id: UUID, space_id: UUID, limit: int, window: int,
@@ -190,9 +195,11 @@ class RateLimiter:
         if self.failure_mode == "open":
             # Nothing was counted; report the window as if this were its first request.
             return _decision(1, limit, window, reset)
-        # local: this node's share of the limit. The headers keep announcing the route's limit
-        # (the policy did not change); Remaining is what this node still lets through.
-        share = max(1, -(-limit // max(1, self.live_nodes)))
+        # local: this node's share of what the window had left when Redis was last seen (all of
+        # the limit in a window Redis never counted). The headers keep announcing the route's
+        # limit (the policy did not change); Remaining is what this node still lets through.
+        left = limit - self.seen.get((route_id, space_id, window, start), 0)
+        share = max(0, -(-left // max(1, self.live_nodes)))
         count = self.local.increment(route_id, space_id, window, start)
         return _decision(count, share, window, reset, announced=limit)
 

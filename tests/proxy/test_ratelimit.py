@@ -216,6 +216,18 @@ async def test_redis_down_local_mode_enforces_this_nodes_share(own_redis: devser
     assert await nodes[0].beat() == 3  # the last count seen is kept while Redis is down
 
 
+async def test_a_fallback_mid_window_carries_on_from_the_last_count_redis_gave(
+        own_redis: devservices.LocalRedis, make_link: LinkFactory) -> None:
+    limiter = RateLimiter(make_link(own_redis.url, 0.05), failure_mode="local", clock=fixed_clock())
+    route, space = uuid.uuid4(), uuid.uuid4()
+    assert [(await limiter.check(route, space, 10, 60)).allowed for _ in range(8)] == [True] * 8
+    own_redis.stop()
+    before = fallbacks("local")
+    # Redis had counted 8 of 10: this node (alone) may pass 2 more, not 10 from zero.
+    assert [(await limiter.check(route, space, 10, 60)).allowed for _ in range(5)] == [True] * 2 + [False] * 3
+    assert fallbacks("local") == before + 5
+
+
 async def test_redis_down_open_mode_lets_everything_through(own_redis: devservices.LocalRedis,
                                                             make_link: LinkFactory) -> None:
     limiter = RateLimiter(make_link(own_redis.url, 0.05), failure_mode="open", clock=fixed_clock())
