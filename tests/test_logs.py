@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import uuid
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from db.encryption import generate_key_ring_entry
-from gateway.logs import REDACTED, JsonFormatter, redact_text, redact_value, setup_logging
+from gateway.logs import ACCESS_LOG, ACCESS_LOGGER, REDACTED, JsonFormatter, redact_text, redact_value, setup_logging
 from gateway.proxy.headers import new_traceparent, traceparent_for, valid_traceparent
 from tests.conftest import ASSERTION_KEY, ENCRYPTION_KEYS, JWT_SECRET, leaks_in
 from tests.factories import Factory
@@ -120,6 +121,41 @@ def test_setup_logging_installs_json_on_stderr_once(capsys: pytest.CaptureFixtur
     finally:
         root.handlers[:] = saved
         root.setLevel(level)
+
+
+async def test_the_access_line_is_written_directly_and_as_the_formatter_would(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """With setup_logging's handler the only listener, access lines skip the logging framework:
+    the lines of one loop turn reach stderr in one write, with JsonFormatter's keys and values."""
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    root.handlers.clear()
+    fields = {"request_id": "r1", "method": "GET", "route": "/x", "status": 200, "duration_ms": 1.5,
+              "space_id": None}
+    try:
+        setup_logging("info")
+        capsys.readouterr()
+        ACCESS_LOG.write("GET /x 200", fields)
+        ACCESS_LOG.write("GET /x 200", {**fields, "request_id": "r2"})
+        assert capsys.readouterr().err == ""  # buffered until the loop's next turn
+        await asyncio.sleep(0)
+        lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+        record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 1, "%s", ("GET /x 200",), None)
+        record.__dict__.update(fields)
+        expected = orjson.loads(JsonFormatter().format(record))
+        assert [line["request_id"] for line in lines] == ["r1", "r2"]
+        assert {k: v for k, v in lines[0].items() if k != "ts"} == {k: v for k, v in expected.items() if k != "ts"}
+        assert list(lines[0]) == list(expected)  # the same keys, in the same order
+    finally:
+        root.handlers[:] = saved
+        root.setLevel(level)
+
+
+def test_the_access_line_goes_through_logging_when_someone_else_listens(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        ACCESS_LOG.write("GET /y 404", {"request_id": "r3", "status": 404})
+    (record,) = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert record.getMessage() == "GET /y 404" and record.__dict__["request_id"] == "r3"
 
 
 def test_setup_logging_leaves_a_configured_root_alone() -> None:

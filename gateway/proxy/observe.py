@@ -52,6 +52,7 @@ def _annotate_access(ctx: ProxyContext) -> None:
         "service": installation.service_slug if installation else None,
         "route_id": str(match.route.id) if match else None,
         "route": match.route.route_path if match else None,
+        "space_id": str(ctx.space_id) if ctx.space_id else None,
         "upstream_ms": round(upstream * 1000, 3) if upstream is not None else None,
         "cache": ctx.response_headers.get(CACHE_STATUS_HEADER),
     }
