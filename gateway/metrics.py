@@ -55,6 +55,9 @@ db_pool.add_failure_listener(lambda exc: DEPENDENCY_ERRORS.labels("postgres").in
 # its own values and the master merges them: counters and histograms add up; these gauges report
 # the table most recently loaded by a live worker ("livemostrecent": a worker that has not loaded
 # one yet never wins, a dead worker's value is dropped), without a pid label. One process: ignored.
+# Open breakers per service, summed over the live workers (each holds its own breakers).
+BREAKER_OPEN: Final = Gauge("gateway_breaker_open", "Circuit breakers open now, per service (installation and origin)",
+                            ["service"], registry=REGISTRY, multiprocess_mode="livesum")
 ROUTES: Final = Gauge("gateway_route_table_routes", "Routes in the table in force", registry=REGISTRY,
                       multiprocess_mode="livemostrecent")
 ROUTES_LOADED: Final = Gauge(

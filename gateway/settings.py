@@ -136,6 +136,8 @@ class Settings:
     client_body_timeout: float = 30.0
     client_body_min_rate: int = 1024
     upstream_pool_timeout: float = 5.0
+    breaker_failures: int = 5
+    breaker_open_seconds: float = 30.0
     upstream_space_share: float = 0.5
     max_connections: int = 10000
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
@@ -191,6 +193,8 @@ class Settings:
             client_body_timeout=_number(env, "GATEWAY_CLIENT_BODY_TIMEOUT", 30.0, minimum=0.001),
             client_body_min_rate=_integer(env, "GATEWAY_CLIENT_BODY_MIN_RATE", 1024),
             upstream_pool_timeout=_number(env, "GATEWAY_UPSTREAM_POOL_TIMEOUT", 5.0, minimum=0.001),
+            breaker_failures=_integer(env, "GATEWAY_BREAKER_FAILURES", 5, minimum=1),
+            breaker_open_seconds=_number(env, "GATEWAY_BREAKER_OPEN_SECONDS", 30.0, minimum=0.001),
             upstream_space_share=share,
             max_connections=_integer(env, "GATEWAY_MAX_CONNECTIONS", 10000, minimum=1),
             trusted_proxies=_networks(env, "GATEWAY_TRUSTED_PROXIES"),

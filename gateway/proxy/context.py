@@ -31,6 +31,7 @@ class ProxyContext:
     installation: Installation | None = None
     match: Match | None = None
     upstream_status: int | None = None
+    upstream_failure: str | None = None  # the kind of a failed upstream call (gateway.proxy.breaker)
     upstream_seconds: float | None = None
     upstream_headers: CIMultiDictProxy[str] = field(default_factory=lambda: CIMultiDictProxy(CIMultiDict()))
     response_headers: dict[str, str] = field(default_factory=dict)  # added to whatever answers

@@ -24,6 +24,7 @@ from yarl import URL
 
 from gateway import metrics
 from gateway.client_address import Networks, is_trusted_proxy
+from gateway.proxy.breaker import Key, outcome_of
 from gateway.errors import (BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, RequestTimeout,
                             ServiceUnavailable)
 from gateway.middleware import REQUEST_ID_HEADER, problem_response, request_id_of, traceparent_of
@@ -57,7 +58,8 @@ class _BodyTooSlow(Exception):
 
 
 def _count(ctx: ProxyContext, kind: str) -> None:
-    """Count an upstream failure by kind (a fixed set of names)."""
+    """Count an upstream failure by kind (a fixed set of names); the breaker judges it by kind."""
+    ctx.upstream_failure = kind
     metrics.UPSTREAM_ERRORS.labels(ctx.installation.service_slug if ctx.installation else "-", kind).inc()
 
 
@@ -295,6 +297,28 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
     limit = int(ctx.match.route.options.get("max_body_bytes", rt.settings.proxy_max_body_bytes))
     if limit and request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("The request body is larger than this route accepts")
+    # An open breaker answers at once: before the pool, before anything reaches the upstream.
+    breaker = _breaker_key(ctx, target)
+    trial = rt.breakers.admit(breaker) if breaker is not None else False
+    try:
+        return await _call(ctx, rt, target, limit)
+    finally:
+        if breaker is not None:
+            assert ctx.installation is not None
+            rt.breakers.settle(breaker, ctx.installation.service_slug,
+                               outcome_of(ctx.upstream_failure, ctx.upstream_status), trial)
+
+
+def _breaker_key(ctx: ProxyContext, target: URL) -> Key | None:
+    """(installation, upstream origin), or None where the route turned its breaker off."""
+    assert ctx.match is not None and ctx.installation is not None
+    if ctx.match.route.options.get("breaker") is False:
+        return None
+    return ctx.installation.id, f"{target.scheme}://{target.raw_host}:{target.port}"
+
+
+async def _call(ctx: ProxyContext, rt: ProxyRuntime, target: URL, limit: int) -> web.StreamResponse:
+    request = ctx.request
     headers = upstream_request_headers(request.headers)
     headers.update(_forwarded_headers(request, rt.settings.trusted_proxies))
     headers.update(_identity_headers(ctx, rt))

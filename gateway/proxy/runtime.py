@@ -16,6 +16,7 @@ from auth.jwt import JwtVerifier
 from gateway import metrics
 from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
 from gateway.proxy.assertion import AssertionSigner
+from gateway.proxy.breaker import Breakers
 from gateway.proxy.cache import ResponseCache
 from gateway.proxy.callers import CallerCache
 from gateway.proxy.pools import UpstreamPools
@@ -40,6 +41,7 @@ class ProxyRuntime:
     cache: ResponseCache
     limiter: RateLimiter
     pools: UpstreamPools
+    breakers: Breakers
 
 
 PROXY: Final = web.AppKey("proxy", ProxyRuntime)
@@ -111,7 +113,8 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload)
     limiter = RateLimiter(redis_link, settings.rate_limit_failure)
     app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth,
-                              redis_link, cache, limiter, upstream_pools(settings))
+                              redis_link, cache, limiter, upstream_pools(settings),
+                              Breakers(settings.breaker_failures, settings.breaker_open_seconds))
     tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run())]
     if redis_link.configured:
         tasks.append(asyncio.create_task(limiter.run_heartbeat()))

@@ -100,6 +100,9 @@ class RouteOptions(RequestModel):
     timeout: Annotated[Seconds, Field(le=3600)] | None = None
     max_body_bytes: Annotated[int, Field(ge=0, le=2**53 - 1)] | None = None
     cache_scope: Literal["caller", "space"] | None = None
+    breaker: Annotated[bool | None, Field(description=(
+        "false: no circuit breaker for this route (GATEWAY_BREAKER_FAILURES failures in a row "
+        "otherwise pause calls to the installation's upstream for GATEWAY_BREAKER_OPEN_SECONDS)"))] = None
 
 
 class _RouteWritable(RequestModel):
