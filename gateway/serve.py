@@ -50,7 +50,6 @@ from gunicorn.arbiter import Arbiter
 
 from db.pool import Database
 from gateway.logs import ACCESS_LOG
-from routing import loader
 from gateway.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -209,10 +208,9 @@ class GatewayWorker(GunicornUVLoopWebWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         # Each request allocates a few hundred short-lived objects: with CPython's default
         # generation-0 threshold (700) the collector would run every two or three requests. The
-        # long-lived state (route table, caches) is frozen after each load (routing/loader.py),
+        # long-lived state (the route table) is frozen after each load (gateway/proxy/runtime.py),
         # so the rarer collections walk only what requests made.
         gc.set_threshold(GC_THRESHOLD, 20, 20)
-        loader.FREEZE_AFTER_LOAD = True
         super().init_process()
 
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -10,7 +10,6 @@ of the table with a warning naming it, so it answers 404 rather than reach anoth
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
 import logging
 import time
@@ -167,20 +166,6 @@ def build_state(routes: list[dict[str, Any]], installations: list[dict[str, Any]
     return ProxyState(table, by_space, time.time())
 
 
-# Set by `gateway serve`'s workers (gateway/serve.py), which also raise the collector's
-# thresholds; off elsewhere (tests, commands), where a full collection per load only costs time.
-FREEZE_AFTER_LOAD = False
-
-
-def _freeze_long_lived() -> None:
-    """The table just built lives until the next load: move it, and everything else alive now,
-    out of the collector's generations (gc.freeze), so no collection walks it again. Unfrozen
-    and collected first, so that the previous table, should it hold a cycle, is still freed."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
 class StateLoader:
     """Owns the current ProxyState; `state` is swapped in one assignment, never mutated."""
 
@@ -209,8 +194,6 @@ class StateLoader:
             routes, installations = await proxy_state.load(conn)
         # Building 10,000 routes takes a few hundred ms: off the event loop, so requests go on.
         self.state = await asyncio.to_thread(build_state, routes, installations)
-        if FREEZE_AFTER_LOAD:
-            _freeze_long_lived()
         self._fingerprint = fingerprint
         self.loaded.set()
         self.on_reload(self.state)
