@@ -1,17 +1,22 @@
 # syntax=docker/dockerfile:1
-# Build stage: wheels of the project (the SQL migrations travel inside it) and its dependencies.
+# Build stage: wheels of the project (the SQL migrations travel inside it) and of its dependencies
+# at the pins of requirements.lock, every download checked against the lock's hashes (scripts/lock
+# makes it; scripts/audit audits it). Their own layer: it changes only with the lock.
 FROM python:3.11-slim AS build
 WORKDIR /src
+RUN pip install --no-cache-dir pip==24.3.1
+COPY requirements.lock ./
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY routing ./routing
 COPY auth ./auth
 COPY db ./db
 COPY migrations ./migrations
-RUN pip install --no-cache-dir pip==24.3.1 \
- && pip wheel --no-cache-dir --wheel-dir /wheels '.'
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --no-deps '.'
 
-# Runtime stage: no compilers, no sources, a non-root user with a fixed id.
+# Runtime stage: no compilers, no sources, a non-root user with a fixed id. /wheels holds one
+# version of each dependency, the locked one, so the install below cannot pick another.
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gateway
