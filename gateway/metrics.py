@@ -55,6 +55,9 @@ db_pool.add_failure_listener(lambda exc: DEPENDENCY_ERRORS.labels("postgres").in
 # its own values and the master merges them: counters and histograms add up; these gauges report
 # the table most recently loaded by a live worker ("livemostrecent": a worker that has not loaded
 # one yet never wins, a dead worker's value is dropped), without a pid label. One process: ignored.
+HEALTH_CHECKS: Final = Counter(
+    "gateway_health_checks", "Active health probes of plugin upstreams, by result", ["service", "result"],
+    registry=REGISTRY)
 # Open breakers per service, summed over the live workers (each holds its own breakers).
 BREAKER_OPEN: Final = Gauge("gateway_breaker_open", "Circuit breakers open now, per service (installation and origin)",
                             ["service"], registry=REGISTRY, multiprocess_mode="livesum")

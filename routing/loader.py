@@ -50,6 +50,10 @@ class Installation:
     api_auth_type: str | None = None
     api_auth_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
     version: str = ""
+    api_base_url: str | None = None
+    # The service's capabilities.health_check as stored (validated on write), or None.
+    health_check: Mapping[str, Any] | None = field(default=None, hash=False)
+    health_status: str | None = None  # the last verdict written (healthy, unhealthy), or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,9 @@ def _installation(row: dict[str, Any]) -> Installation:
         credentials=row["credentials"] or {}, api_auth_type=row["api_auth_type"],
         api_auth_config=row["api_auth_config"] or {},
         version=row["updated_at"].isoformat() if row["updated_at"] else "",
+        api_base_url=row.get("api_base_url"),
+        health_check=row["health_check"] if isinstance(row.get("health_check"), dict) else None,
+        health_status=row.get("health_status"),
     )
 
 

@@ -8,6 +8,7 @@ import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
+from uuid import UUID
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +21,7 @@ from gateway.proxy.breaker import Breakers
 from gateway.proxy.cache import ResponseCache
 from gateway.proxy.callers import CallerCache
 from gateway.proxy.pools import UpstreamPools
+from gateway.proxy.probes import HealthProber
 from gateway.proxy.ratelimit import RateLimiter
 from gateway.proxy.resolver import PublicOnlyResolver
 from gateway.proxy.upstream_auth import UpstreamAuth
@@ -46,6 +48,7 @@ class ProxyRuntime:
 
 PROXY: Final = web.AppKey("proxy", ProxyRuntime)
 CACHE_PURGE: Final = "cache_purge"  # the `table` of the notification a cache purge sends
+HEALTH: Final = "health"  # ... and of the one gateway_record_health sends (migration 1100)
 SIGNER: Final = web.AppKey("assertion_signer", AssertionSigner)
 
 
@@ -94,9 +97,13 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     cache = ResponseCache.from_settings(settings)  # its own Redis: GATEWAY_CACHE_REDIS_URL
     callers = CallerCache.from_settings(app[DB], settings)  # GATEWAY_CALLER_CACHE_TTL, GATEWAY_AUTH_FAILURES_PER_MINUTE
     upstream_auth = UpstreamAuth(app[KEYRING], session, allow_private=settings.allow_private_upstreams)
+    breakers = Breakers(settings.breaker_failures, settings.breaker_open_seconds)
 
     def on_change(change: dict[str, Any]) -> None:
         callers.on_change(change)
+        if change.get("table") == HEALTH and change.get("status") == "healthy":  # a probe, any node
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                breakers.close_installation(UUID(change["id"]))
         if change.get("table") in ("service_installations", "*"):
             upstream_auth.invalidate()
         if change.get("table") == CACHE_PURGE:  # a purge made through another node
@@ -113,9 +120,11 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload)
     limiter = RateLimiter(redis_link, settings.rate_limit_failure)
     app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth,
-                              redis_link, cache, limiter, upstream_pools(settings),
-                              Breakers(settings.breaker_failures, settings.breaker_open_seconds))
-    tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run())]
+                              redis_link, cache, limiter, upstream_pools(settings), breakers)
+    prober = HealthProber(loader, app[DB], redis_link, session, upstream_auth, breakers,
+                          allow_private=settings.allow_private_upstreams)
+    tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run()),
+             asyncio.create_task(prober.run())]
     if redis_link.configured:
         tasks.append(asyncio.create_task(limiter.run_heartbeat()))
     yield
@@ -123,6 +132,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+    await prober.close()
     await callers.flush_last_used()
     if redis_link.configured:
         await limiter.leave()

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.api.fields import (
@@ -18,6 +18,36 @@ from gateway.api.models.common import AuthConfig
 
 ServiceStatus = Literal["pending", "approved", "rejected", "deprecated"]
 EventName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class HealthCheck(RequestModel):
+    """`capabilities.health_check` (contract revision 3, "Plugin health"): what the gateway
+    probes, `GET api_base_url + path`, and how it judges the answers."""
+
+    path: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^/[^\s#]*$")]
+    interval_seconds: Annotated[int, Field(ge=5, le=3600)] = 30
+    timeout_seconds: Annotated[float, Field(gt=0)] = 5
+    healthy_threshold: Annotated[int, Field(ge=1, le=10)] = 2
+    unhealthy_threshold: Annotated[int, Field(ge=1, le=10)] = 3
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> HealthCheck:
+        if self.timeout_seconds >= self.interval_seconds:
+            raise ValueError("timeout_seconds must be below interval_seconds")
+        return self
+
+
+def _checked_capabilities(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Capabilities are the vendor's own object; only `health_check` has a shape the gateway
+    relies on, checked here (422 naming capabilities.health_check.<field>)."""
+    if isinstance(value, dict) and "health_check" in value:
+        try:
+            HealthCheck.model_validate(value["health_check"])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in ("health_check", *first["loc"]))
+            raise ValueError(f"{where}: {first['msg']}") from None
+    return value
 
 
 class _ServiceWritable(RequestModel):
@@ -39,6 +69,11 @@ class _ServiceWritable(RequestModel):
     documentation_url: HttpUrl | None = None
     support_url: HttpUrl | None = None
     pricing_info: JsonObject | None = None
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _checked_capabilities(value)
 
 
 class ServiceCreate(_ServiceWritable):
