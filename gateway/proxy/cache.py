@@ -64,10 +64,18 @@ class CachedResponse:
     body: bytes
     stored_at: float  # wall clock (the cache's clock), so every node computes the same Age
     ttl: int
+    stale: int = 0  # seconds past the TTL it is kept, to be served only when the upstream fails
 
     @property
     def expires_at(self) -> float:
         return self.stored_at + self.ttl
+
+    @property
+    def kept_until(self) -> float:
+        return self.expires_at + self.stale
+
+    def fresh(self, now: float) -> bool:
+        return now < self.expires_at
 
     def age(self, now: float) -> int:
         """The `Age` header's value: whole seconds since the upstream answered."""
@@ -75,7 +83,7 @@ class CachedResponse:
 
     def to_bytes(self) -> bytes:
         """A length-prefixed orjson header, then the raw body: no pickle, no base64."""
-        head = orjson.dumps([self.status, self.headers, self.stored_at, self.ttl])
+        head = orjson.dumps([self.status, self.headers, self.stored_at, self.ttl, self.stale])
         return _HEADER_LEN.pack(len(head)) + head + self.body
 
     @classmethod
@@ -83,9 +91,10 @@ class CachedResponse:
         """Raises ValueError on anything this module did not write."""
         try:
             (size,) = _HEADER_LEN.unpack_from(blob)
-            status, headers, stored_at, ttl = orjson.loads(blob[4:4 + size])
+            status, headers, stored_at, ttl, *rest = orjson.loads(blob[4:4 + size])
+            stale = int(rest[0]) if rest else 0  # entries of older nodes have no stale window
             pairs = tuple((str(name), str(value)) for name, value in headers)
-            return cls(int(status), pairs, bytes(blob[4 + size:]), float(stored_at), int(ttl))
+            return cls(int(status), pairs, bytes(blob[4 + size:]), float(stored_at), int(ttl), stale)
         except (struct.error, orjson.JSONDecodeError, TypeError, ValueError) as exc:
             raise ValueError("not a cached response") from exc
 
@@ -300,7 +309,7 @@ class ResponseCache:
 
     def _get_local(self, key: str) -> CachedResponse | None:
         entry = self._l1.get(key)
-        if entry is not None and entry.expires_at <= self.clock():
+        if entry is not None and entry.kept_until <= self.clock():
             self._l1.pop(key)
             return None
         return entry
@@ -309,6 +318,7 @@ class ResponseCache:
         return self._l1.put(key, response)  # False: larger than a space's share, Redis only
 
     async def get(self, key: str) -> CachedResponse | None:
+        """The entry while it is kept: fresh, or in its stale window (`fresh()` tells)."""
         entry = self._get_local(key)
         if entry is not None or not self._link.configured:
             return entry
@@ -322,13 +332,13 @@ class ResponseCache:
             entry = CachedResponse.from_bytes(blob)
         except ValueError:
             return None
-        if entry.expires_at <= self.clock():
+        if entry.kept_until <= self.clock():
             return None
         self._put_local(key, entry)  # same stored_at and ttl: L1 keeps only the remaining time
         return entry
 
     async def put(self, key: str, response: CachedResponse) -> None:
-        remaining_ms = int((response.expires_at - self.clock()) * 1000)
+        remaining_ms = int((response.kept_until - self.clock()) * 1000)
         if remaining_ms <= 0 or len(response.body) > self.max_body_bytes:
             return
         stored = self._put_local(key, response)

@@ -4,6 +4,8 @@ single flight until the answer is stored (Envoy's cache filter sits around the r
     BYPASS  the route caches, but not this method (only GET and HEAD are cached)
     HIT     served from the cache: no upstream call
     MISS    forwarded; the answer is stored while it streams to the caller, if cacheable
+    STALE   the upstream failed (502/503/504, an open breaker included) and the route's
+            `stale_if_error` keeps an expired answer that long past its TTL: that one is served
 
 Concurrent misses of one key share one upstream call (`ResponseCache.flight`). When that call
 fails with the upstream's 502, 503 or 504, the callers waiting for it get the same problem at
@@ -66,15 +68,15 @@ class Capture:
             self.chunks.append(chunk)
 
 
-def _serve(ctx: ProxyContext, entry: CachedResponse, now: float) -> web.Response:
+def _serve(ctx: ProxyContext, entry: CachedResponse, now: float, status: str = "HIT") -> web.Response:
     # Filtered again on the way out: an entry in the shared cache may have been stored by a node
     # whose filter was narrower (an older release), and a HIT must never return more than a MISS.
     response = web.Response(status=entry.status, body=None if ctx.request.method == "HEAD" else entry.body,
                             headers=downstream_response_headers(CIMultiDict(entry.headers)))
-    response.headers[CACHE_STATUS_HEADER] = "HIT"
+    response.headers.update(ctx.response_headers)
+    response.headers[CACHE_STATUS_HEADER] = status
     response.headers["Age"] = str(entry.age(now))
     response.headers[REQUEST_ID_HEADER] = request_id_of(ctx.request)
-    response.headers.update(ctx.response_headers)
     return response
 
 
@@ -97,23 +99,34 @@ async def cached(ctx: ProxyContext, terminal: Terminal) -> web.StreamResponse:
         accept=request.headers.get("Accept", ""), accept_encoding=request.headers.get("Accept-Encoding", ""))
     cache = rt.cache
     entry = await cache.get(key)
-    if entry is None:
+    if entry is not None and entry.fresh(cache.clock()):
+        metrics.CACHE.labels(slug, "hit").inc()
+        return _serve(ctx, entry, cache.clock())
+    stale = entry  # None, or an answer past its TTL kept for stale_if_error
+    ctx.stale_fallback = stale is not None
+    try:
         async with cache.flight(key, timeout=flight_wait(ctx)) as flight:
             if not flight.leader:
                 entry = await cache.get(key)
-            if entry is None:
-                metrics.CACHE.labels(slug, "miss").inc()
-                # A row written before GATEWAY_CACHE_MAX_TTL was enforced (or straight into the
-                # table) is held to it too.
-                ttl = min(route.cache_ttl, rt.settings.cache_max_ttl)
-                try:
-                    return await _fetch_and_store(ctx, terminal, key, ttl)
-                except GatewayError as exc:
-                    if exc.status in SHARED_FAILURES:
-                        flight.share_failure(partial(_fresh, exc))
-                    raise
-    metrics.CACHE.labels(slug, "hit").inc()
-    return _serve(ctx, entry, cache.clock())
+                if entry is not None and entry.fresh(cache.clock()):
+                    metrics.CACHE.labels(slug, "hit").inc()
+                    return _serve(ctx, entry, cache.clock())
+            metrics.CACHE.labels(slug, "miss").inc()
+            # A row written before GATEWAY_CACHE_MAX_TTL was enforced (or straight into the
+            # table) is held to it too.
+            ttl = min(route.cache_ttl, rt.settings.cache_max_ttl)
+            try:
+                return await _fetch_and_store(ctx, terminal, key, ttl)
+            except GatewayError as exc:
+                if exc.status in SHARED_FAILURES:
+                    flight.share_failure(partial(_fresh, exc))
+                raise
+    except GatewayError as exc:
+        if stale is None or exc.status not in SHARED_FAILURES or stale.kept_until <= cache.clock():
+            raise
+        ctx.response_headers.pop(CACHE_STATUS_HEADER, None)
+        metrics.CACHE.labels(slug, "stale").inc()
+        return _serve(ctx, stale, cache.clock(), status="STALE")
 
 
 def flight_wait(ctx: ProxyContext) -> float:
@@ -146,6 +159,8 @@ async def _fetch_and_store(ctx: ProxyContext, terminal: Terminal, key: str, ttl:
             response.status, ctx.upstream_headers, capture.size, rt.settings.cache_max_body_bytes):
         returned = downstream_response_headers(ctx.upstream_headers)
         stored = tuple((k, v) for k, v in returned.items() if k.lower() not in NOT_STORED)
+        assert ctx.match is not None
+        stale = int(ctx.match.route.options.get("stale_if_error") or 0)
         await rt.cache.put(key, CachedResponse(response.status, stored, b"".join(capture.chunks),
-                                               rt.cache.clock(), ttl))
+                                               rt.cache.clock(), ttl, stale))
     return response

@@ -31,6 +31,9 @@ class ProxyContext:
     installation: Installation | None = None
     match: Match | None = None
     upstream_status: int | None = None
+    # A stale cached answer could stand in (stale_if_error): forward then turns an upstream's
+    # 502/503/504 answer into an error, before streaming it, so the cache stage serves that one.
+    stale_fallback: bool = False
     upstream_failure: str | None = None  # the kind of a failed upstream call (gateway.proxy.breaker)
     upstream_seconds: float | None = None
     upstream_headers: CIMultiDictProxy[str] = field(default_factory=lambda: CIMultiDictProxy(CIMultiDict()))

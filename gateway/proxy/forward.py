@@ -24,7 +24,7 @@ from yarl import URL
 
 from gateway import metrics
 from gateway.client_address import Networks, is_trusted_proxy
-from gateway.proxy.breaker import Key, outcome_of
+from gateway.proxy.breaker import FAILING_STATUSES, Key, outcome_of
 from gateway.errors import (BadGateway, GatewayError, GatewayTimeout, PayloadTooLarge, RequestTimeout,
                             ServiceUnavailable)
 from gateway.middleware import REQUEST_ID_HEADER, problem_response, request_id_of, traceparent_of
@@ -347,6 +347,8 @@ async def _call(ctx: ProxyContext, rt: ProxyRuntime, target: URL, limit: int) ->
                       else "The request body arrives too slowly")
             return await _answer_and_hang_up(ctx, RequestTimeout(detail))
         ctx.upstream_status, ctx.upstream_headers = upstream.status, upstream.headers
+        if ctx.stale_fallback and upstream.status in FAILING_STATUSES:
+            raise BadGateway("The plugin answered with an error")  # the cache stage serves STALE
         if upload is not None:
             upload.answer = upstream
         return await _stream_back(ctx, upstream, upload)

@@ -100,6 +100,9 @@ class RouteOptions(RequestModel):
     timeout: Annotated[Seconds, Field(le=3600)] | None = None
     max_body_bytes: Annotated[int, Field(ge=0, le=2**53 - 1)] | None = None
     cache_scope: Literal["caller", "space"] | None = None
+    stale_if_error: Annotated[int | None, Field(ge=1, le=86400, description=(
+        "Seconds past its TTL a cached answer is kept, to be served (X-Cache-Status: STALE) when "
+        "the upstream fails or its breaker is open"))] = None
     breaker: Annotated[bool | None, Field(description=(
         "false: no circuit breaker for this route (GATEWAY_BREAKER_FAILURES failures in a row "
         "otherwise pause calls to the installation's upstream for GATEWAY_BREAKER_OPEN_SECONDS)"))] = None
