@@ -90,6 +90,27 @@ async def lock_for_write(conn: asyncpg.Connection, service_id: UUID,
     return dict(row)
 
 
+async def read_for_maintainer(conn: asyncpg.Connection, service_id: UUID, user_id: UUID | None) -> dict[str, Any]:
+    """The live service row with `is_maintainer` for the caller, unlocked (for reads)."""
+    row = await conn.fetchrow(READ_FOR_REFUSAL, service_id, user_id)
+    if row is None:
+        raise NotFound("No such service")
+    return dict(row)
+
+
+# Across spaces, counts only (migration 20250101001100).
+SERVICE_HEALTH = "SELECT health_status, installations FROM public.gateway_service_health($1)"
+
+
+async def service_health(conn: asyncpg.Connection, service_id: UUID) -> dict[str, int]:
+    """Live, active installations of the service by verdict: healthy, unhealthy, unknown."""
+    counts = {"healthy": 0, "unhealthy": 0, "unknown": 0}
+    for row in await conn.fetch(SERVICE_HEALTH, service_id):
+        status = row["health_status"] if row["health_status"] in ("healthy", "unhealthy") else "unknown"
+        counts[status] += row["installations"]
+    return counts
+
+
 async def create_service(conn: asyncpg.Connection, values: dict[str, Any], maintainer: UUID) -> dict[str, Any]:
     statement, args = sql.insert("service_registry", values)
     try:

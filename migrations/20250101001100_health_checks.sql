@@ -57,6 +57,18 @@ $$;
 ALTER FUNCTION public.gateway_record_health(uuid[], text[], timestamptz) OWNER TO gateway_bookkeeper;
 REVOKE EXECUTE ON FUNCTION public.gateway_record_health(uuid[], text[], timestamptz) FROM PUBLIC;
 
+-- GET /api/v1/services/{id}/health (maintainers, platform admins): how the service's live, active
+-- installations fare, in every space, as counts only: no space's or installation's id.
+CREATE OR REPLACE FUNCTION public.gateway_service_health(service uuid)
+RETURNS TABLE (health_status varchar, installations bigint)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT si.health_status, count(*) FROM public.service_installations si
+    WHERE si.service_id = service AND si.deleted_at IS NULL AND COALESCE(si.status, 'active') = 'active'
+    GROUP BY si.health_status
+$$;
+ALTER FUNCTION public.gateway_service_health(uuid) OWNER TO gateway_reader;
+REVOKE EXECUTE ON FUNCTION public.gateway_service_health(uuid) FROM PUBLIC;
+
 -- Bookkeeping is not a change (contract revision 3, "Audit log"): an update that touches only
 -- these columns keeps `updated_at` as it was, so a verdict, a last-used touch or a count does not
 -- look like an edit (nor change the installation's version, which cache keys include).

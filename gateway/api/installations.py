@@ -15,6 +15,7 @@ from gateway.api.models.common import ListQuery, page_of
 from gateway.api.models.installations import Installation, InstallationCreate, InstallationPatch
 from gateway.api.registry import Call, endpoint
 from gateway.appkeys import KEYRING
+from gateway.proxy.runtime import PROXY
 from gateway.errors import ValidationFailed
 
 TAG = "installations"
@@ -26,6 +27,12 @@ def seal_credentials(request: web.Request, installation_id: UUID, credentials: d
     """The envelope for one installation row; the associated data ties it to that row."""
     aad = associated_data("service_installations", installation_id, "credentials")
     return request.app[KEYRING].seal(credentials, aad)
+
+
+def with_breaker(request: web.Request, row: dict[str, Any]) -> dict[str, Any]:
+    """The answering process's breaker state next to the row's health columns."""
+    row["breaker_open"] = request.app[PROXY].breakers.open_count(row["id"]) > 0
+    return row
 
 
 def service_reference(body: InstallationCreate) -> None:
@@ -41,7 +48,9 @@ async def list_installations(call: Call[None, ListQuery]) -> dict[str, Any]:
     principal, _ = await require_space_role(call.request, call["space_id"], "viewer")
     request = page_request(call.query.limit, call.query.cursor)
     async with transaction(call.request, principal, call["space_id"]) as conn:
-        return await repo.list_installations(conn, call["space_id"], request)
+        listed = await repo.list_installations(conn, call["space_id"], request)
+    listed["items"] = [with_breaker(call.request, row) for row in listed["items"]]
+    return listed
 
 
 @endpoint("POST", BASE, summary="Install an approved service in the space", tag=TAG,
@@ -65,7 +74,7 @@ async def install(call: Call[InstallationCreate, None]) -> dict[str, Any]:
 async def get_installation(call: Call[None, None]) -> dict[str, Any]:
     principal, _ = await require_space_role(call.request, call["space_id"], "viewer")
     async with transaction(call.request, principal, call["space_id"]) as conn:
-        return await repo.get_installation(conn, call["space_id"], call["installation_id"])
+        return with_breaker(call.request, await repo.get_installation(conn, call["space_id"], call["installation_id"]))
 
 
 @endpoint("PATCH", ONE, summary="Configure an installation (config and credentials are replaced whole)",
@@ -76,7 +85,8 @@ async def patch_installation(call: Call[InstallationPatch, None]) -> dict[str, A
     if "credentials" in values:
         values["credentials"] = seal_credentials(call.request, call["installation_id"], values["credentials"])
     async with transaction(call.request, principal, call["space_id"]) as conn:
-        return await repo.update_installation(conn, call["space_id"], call["installation_id"], values)
+        updated = await repo.update_installation(conn, call["space_id"], call["installation_id"], values)
+    return with_breaker(call.request, updated)
 
 
 @endpoint("DELETE", ONE, summary="Uninstall (soft delete; reinstalling revives it)", tag=TAG,

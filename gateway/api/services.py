@@ -14,7 +14,9 @@ from db.errors import Conflict
 from db.pagination import page_request
 from gateway.api.caller import authenticate, require_platform_admin, require_user, transaction
 from gateway.api.models.common import page_of
-from gateway.api.models.services import Service, ServiceCreate, ServiceListQuery, ServicePatch, StatusChange
+from gateway.api.models.services import (
+    Service, ServiceCreate, ServiceHealth, ServiceListQuery, ServicePatch, StatusChange,
+)
 from gateway.api.registry import Call, endpoint
 from gateway.appkeys import SETTINGS
 from gateway.errors import Forbidden, NotFound, ServiceUnavailable, ValidationFailed
@@ -172,3 +174,20 @@ async def purge_cache(call: Call[None, None]) -> None:
         await call.request.app[PROXY].cache.purge_service(call["service_id"])
     except RedisUnavailable:
         raise ServiceUnavailable("The shared cache cannot be purged right now") from None
+
+
+@endpoint("GET", "/services/{service_id}/health", summary="How the service's installations fare (counts only)",
+          tag=TAG, response=ServiceHealth, errors=(403,))
+async def service_health(call: Call[None, None]) -> dict[str, Any]:
+    """For the service's maintainers and platform admins: installations by verdict across every
+    space, and this process's open breakers. Counts only, never a space's ids."""
+    principal = await authenticate(call.request)
+    async with transaction(call.request, principal) as conn:
+        row = await repo.read_for_maintainer(conn, call["service_id"], principal.user_id)
+        if not (principal.platform_admin or row["is_maintainer"]):
+            if row["status"] not in ("approved", "deprecated"):
+                raise NotFound("No such service")  # others may not even learn that it exists
+            raise Forbidden("Only the service's maintainers may see its health")
+        counts = await repo.service_health(conn, call["service_id"])
+    return {"service_id": row["id"], "health_check": (row["capabilities"] or {}).get("health_check"),
+            "installations": counts, "open_breakers": call.request.app[PROXY].breakers.open_for_service(row["slug"])}

@@ -80,6 +80,7 @@ class Breakers:
         self.clock = clock
         self.max_breakers = max_breakers
         self._states: OrderedDict[Key, _State] = OrderedDict()
+        self._open: dict[UUID, int] = {}  # installation id → its open breakers (for the API)
 
     def admit(self, key: Key) -> bool:
         """Raise BreakerOpen while the breaker is open; True when this call is the trial."""
@@ -115,6 +116,7 @@ class Breakers:
         if trial or state.failures >= self.threshold:
             if not state.open_until:
                 metrics.BREAKER_OPEN.labels(service).inc()
+                self._open[key[0]] = self._open.get(key[0], 0) + 1
             state.open_until = self.clock() + self.open_seconds
 
     def close_installation(self, installation_id: UUID) -> int:
@@ -128,9 +130,22 @@ class Breakers:
         state = self._states.get(key)
         return state is not None and bool(state.open_until)
 
+    def open_for_service(self, service: str) -> int:
+        """This process's open (or half-open) breakers of a service's installations."""
+        return sum(1 for state in self._states.values() if state.open_until and state.service == service)
+
+    def open_count(self, installation_id: UUID) -> int:
+        """This process's open (or half-open) breakers of an installation."""
+        return self._open.get(installation_id, 0)
+
     def _close(self, key: Key, state: _State) -> None:
         if state.open_until:
             metrics.BREAKER_OPEN.labels(state.service).dec()
+            left = self._open.get(key[0], 0) - 1
+            if left > 0:
+                self._open[key[0]] = left
+            else:
+                self._open.pop(key[0], None)
         del self._states[key]
 
     def _bound(self) -> None:

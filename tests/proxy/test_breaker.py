@@ -88,6 +88,9 @@ async def test_a_hanging_upstream_gets_only_the_threshold_then_503_at_once(
     assert all(elapsed < 0.1 for _, elapsed, _ in results[FAILURES:])  # at once, no timeout waited
     assert all(retry is not None and int(retry) >= 1 for _, _, retry in results[FAILURES:])
     assert open_breakers(plugin.slug) == 1
+    shown = await breaker_client.get(f"/api/v1/spaces/{plugin.space_id}/installations/{plugin.installation_id}",
+                                     headers=plugin.owner)
+    assert (await shown.json())["breaker_open"] is True
 
 
 async def test_one_trial_after_the_open_time_and_its_success_closes(

@@ -56,6 +56,9 @@ class Installation(ResponseModel):
     status: InstallationStatus | None = None
     last_health_check: datetime | None = None
     health_status: str | None = None
+    breaker_open: bool = Field(False, description=(
+        "Whether the gateway process that answered has a circuit breaker of this installation "
+        "open: its calls then answer 503 at once (breakers are per process)"))
     permissions: dict[str, Any] | None = None
     installed_at: datetime | None = None
     updated_at: datetime | None = None

@@ -7,17 +7,22 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from gateway.api.fields import (
     AuthType, Category, ConfigObject, HttpUrl, JsonObject, Name, NotNull, RequestModel, ResponseModel, Slug,
-    Text, UiType,
+    UiType,
 )
 from gateway.api.models.common import AuthConfig
 
 ServiceStatus = Literal["pending", "approved", "rejected", "deprecated"]
 EventName = Annotated[str, Field(min_length=1, max_length=255)]
+Description = Annotated[str, StringConstraints(min_length=0, max_length=100_000)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=50)]
+Reason = Annotated[str, StringConstraints(min_length=0, max_length=2000)]
 
 
 class HealthCheck(RequestModel):
@@ -53,7 +58,7 @@ def _checked_capabilities(value: dict[str, Any] | None) -> dict[str, Any] | None
 class _ServiceWritable(RequestModel):
     """Columns a maintainer may set. Every one is optional here; creation requires a few."""
 
-    description: Text(100_000) | None = None  # type: ignore[valid-type]
+    description: Description | None = None
     provider_url: HttpUrl | None = None
     category: Category | None = None
     capabilities: JsonObject = Field(default_factory=dict)
@@ -79,7 +84,7 @@ class _ServiceWritable(RequestModel):
 class ServiceCreate(_ServiceWritable):
     name: Name
     slug: Slug
-    version: Text(50, min_length=1)  # type: ignore[valid-type]
+    version: Version
     provider: Name
 
 
@@ -87,7 +92,7 @@ class ServicePatch(_ServiceWritable):
     """Only the fields sent change. `verified` and `security_audit` are for platform admins."""
 
     name: NotNull[Name] = None
-    version: NotNull[Text(50, min_length=1)] = None  # type: ignore[valid-type]
+    version: NotNull[Version] = None
     provider: NotNull[Name] = None
     # Declared only to name it in the refusal; the document leaves it out (no value is accepted).
     slug: SkipJsonSchema[Any] = None
@@ -100,9 +105,27 @@ class ServicePatch(_ServiceWritable):
         raise ValueError("cannot be changed: a slug stays with its service")
 
 
+class InstallationHealth(ResponseModel):
+    healthy: int
+    unhealthy: int
+    unknown: int = Field(description="no verdict yet: not probed, or no health_check declared")
+
+
+class ServiceHealth(ResponseModel):
+    """How a service's live, active installations fare, as counts: never a space's or an
+    installation's id."""
+
+    service_id: UUID
+    health_check: dict[str, Any] | None = Field(description="capabilities.health_check, if declared")
+    installations: InstallationHealth
+    open_breakers: int = Field(description=(
+        "circuit breakers of the service's installations open in the gateway process that "
+        "answered (breakers are per process)"))
+
+
 class StatusChange(RequestModel):
     status: Literal["approved", "rejected", "deprecated"]
-    reason: Text(2000) | None = None  # type: ignore[valid-type]
+    reason: Reason | None = None
 
 
 class Service(ResponseModel):
