@@ -466,7 +466,7 @@ async def load(dsn):
     finally:
         await conn.close()
 
-routes, installations = asyncio.run(load(sys.argv[1]))
+routes, installations, _assignments = asyncio.run(load(sys.argv[1]))
 
 def measure(rows):
     state = build_state(rows, installations)

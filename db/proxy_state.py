@@ -15,11 +15,14 @@ import asyncpg
 # 20250101000900_roles_and_row_security.sql holds the queries).
 LIVE_ROUTES = "SELECT * FROM public.gateway_live_routes()"
 LIVE_INSTALLATIONS = "SELECT * FROM public.gateway_live_installations()"
+LIVE_ASSIGNMENTS = "SELECT * FROM public.gateway_live_assignments()"  # migration 20250101001300
 
 
-async def load(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Routes and installations read in one REPEATABLE READ snapshot, so they agree."""
+async def load(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Routes, installations and management assignments read in one REPEATABLE READ snapshot,
+    so they agree."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         routes = [dict(r) for r in await conn.fetch(LIVE_ROUTES)]
         installations = [dict(r) for r in await conn.fetch(LIVE_INSTALLATIONS)]
-    return routes, installations
+        assignments = [dict(r) for r in await conn.fetch(LIVE_ASSIGNMENTS)]
+    return routes, installations, assignments

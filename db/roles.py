@@ -34,7 +34,7 @@ CROSS_SPACE_FUNCTIONS = (
     "gateway_live_api_keys()", "gateway_api_keys_by_id(uuid[])", "gateway_api_key_by_hash(bytea)",
     "gateway_api_keys_fingerprint()", "gateway_touch_api_keys(uuid[], timestamptz)",
     "gateway_lock_service(uuid, text)", "gateway_record_health(uuid[], text[], timestamptz)",
-    "gateway_service_health(uuid)",
+    "gateway_service_health(uuid)", "gateway_live_assignments()", "gateway_touch_assignments(uuid[], timestamptz)",
     "gateway_sealed_batch(text, text, uuid, integer)", "gateway_reseal(text, uuid, jsonb, jsonb)",
 )
 

@@ -29,7 +29,7 @@ def rotate_keys(settings: Settings) -> int:
 
 
 def print_routes(settings: Settings) -> int:
-    async def load() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    async def load() -> tuple[list[dict[str, object]], list[dict[str, object]], list[dict[str, object]]]:
         pool = await create_pool(settings.database_url, min_size=1, max_size=1, role=settings.db_role)
         try:
             async with pool.acquire() as conn:
@@ -37,8 +37,8 @@ def print_routes(settings: Settings) -> int:
         finally:
             await pool.close()
 
-    routes, installations = asyncio.run(load())
-    state = build_state(routes, installations)  # type: ignore[arg-type]
+    routes, installations, assignments = asyncio.run(load())
+    state = build_state(routes, installations, assignments)  # type: ignore[arg-type]
     print(f"{state.table.size} routes, {len(state.installations)} installations")
     print(f"{'SERVICE':24} {'METHOD':7} {'PATH':32} {'SCOPE':10} {'LIMIT':12} {'CACHE':6} TARGET")
     for slug in state.table.services():

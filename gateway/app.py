@@ -18,7 +18,7 @@ from gateway.connections import SERVER_OPTIONS  # noqa: F401  (tests build their
 from gateway.metrics_listener import metrics_listener_ctx
 from gateway.middleware import problem_middleware
 from gateway.proxy.assertion import AssertionSigner
-from gateway.proxy.pipeline import PROXY_PATH, handle_proxy, jwks
+from gateway.proxy.pipeline import MANAGE_PATH, PROXY_PATH, handle_manage, handle_proxy, jwks
 from gateway.proxy.runtime import SIGNER, proxy_ctx
 from gateway.settings import Settings
 
@@ -63,5 +63,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/.well-known/jwks.json", jwks)
     add_routes(app)
     app.router.add_route("*", PROXY_PATH, handle_proxy)
+    app.router.add_route("*", MANAGE_PATH, handle_manage)
     app.cleanup_ctx.extend([database_ctx, proxy_ctx, readiness_ctx, metrics_listener_ctx])
     return app

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,9 @@ from routing.table import Route, RouteTable, TemplateError, join_target
 log = logging.getLogger("gateway.routing")
 
 CHANNEL = "gateway_changes"
-STATE_TABLES = frozenset({"service_registry", "service_installations", "service_api_routes"})
+STATE_TABLES = frozenset({"service_registry", "service_installations", "service_api_routes",
+                          # the management proxy's (migration 20250101001300)
+                          "service_management_assignments", "instance_services", "infrastructure_instances"})
 DEBOUNCE_SECONDS = 0.05
 SAFETY_INTERVAL_SECONDS = 30.0
 # Across spaces: through the SECURITY DEFINER function of migration 20250101000900.
@@ -54,6 +57,27 @@ class Installation:
     # The service's capabilities.health_check as stored (validated on write), or None.
     health_check: Mapping[str, Any] | None = field(default=None, hash=False)
     health_status: str | None = None  # the last verdict written (healthy, unhealthy), or None
+    # Whose sealed `credentials` these are: (table, row id), None for the installation's own. The
+    # management proxy calls with an assignment's credentials instead (gateway/proxy/management.py).
+    sealed_in: tuple[str, UUID] | None = None
+
+    @property
+    def credentials_owner(self) -> tuple[str, UUID]:
+        return self.sealed_in or ("service_installations", self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """The active management assignment of an instance service (the most recent one, as
+    `instance_services.management_plugin_id` follows), credentials still sealed."""
+
+    id: UUID
+    instance_service_id: UUID
+    instance_id: UUID
+    space_id: UUID
+    plugin_id: UUID
+    credentials: Mapping[str, Any] = field(hash=False)
+    version: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +85,9 @@ class ProxyState:
     table: RouteTable
     installations: Mapping[tuple[UUID, str], Installation]
     loaded_at: float  # wall clock, for /readyz and metrics
+    # (space id, instance service id) → its assignment; (space id, service id) → installation.
+    assignments: Mapping[tuple[UUID, UUID], Assignment] = field(default_factory=dict)
+    by_service: Mapping[tuple[UUID, UUID], Installation] = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> ProxyState:
@@ -68,6 +95,12 @@ class ProxyState:
 
     def installation(self, space_id: UUID, slug: str) -> Installation | None:
         return self.installations.get((space_id, slug))
+
+    def assignment(self, space_id: UUID, instance_service_id: UUID) -> Assignment | None:
+        return self.assignments.get((space_id, instance_service_id))
+
+    def installation_of(self, space_id: UUID, service_id: UUID) -> Installation | None:
+        return self.by_service.get((space_id, service_id))
 
 
 Origin = tuple[str, str, int]  # scheme, host (lower case, IDNA), port (the default one if none)
@@ -163,14 +196,31 @@ def _allowed(row: dict[str, Any], origins: dict[UUID, frozenset[Origin]]) -> boo
     return not problems
 
 
-def build_state(routes: list[dict[str, Any]], installations: list[dict[str, Any]]) -> ProxyState:
+def _assignments(rows: Iterable[dict[str, Any]]) -> dict[tuple[UUID, UUID], Assignment]:
+    """The most recent active assignment per instance service (ties: the larger id)."""
+    newest: dict[tuple[UUID, UUID], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["space_id"], row["instance_service_id"])
+        seen = newest.get(key)
+        rank = (row["assigned_at"] or datetime.min.replace(tzinfo=timezone.utc), str(row["id"]))
+        if seen is None or rank > (seen["assigned_at"] or datetime.min.replace(tzinfo=timezone.utc), str(seen["id"])):
+            newest[key] = row
+    return {key: Assignment(id=r["id"], instance_service_id=r["instance_service_id"], instance_id=r["instance_id"],
+                            space_id=r["space_id"], plugin_id=r["plugin_id"], credentials=r["credentials"] or {},
+                            version=r["version"] or "")
+            for key, r in newest.items()}
+
+
+def build_state(routes: list[dict[str, Any]], installations: list[dict[str, Any]],
+                assignments: Iterable[dict[str, Any]] = ()) -> ProxyState:
     origins = _origins_by_service(routes)
     table = RouteTable.build(r for r in map(_route, (row for row in routes if _allowed(row, origins)))
                              if r is not None)
     for rejected in table.rejected:
         log.warning("route %s left out: %s", rejected.route.id, rejected.reason)
     by_space = {(i.space_id, i.service_slug): i for i in map(_installation, installations)}
-    return ProxyState(table, by_space, time.time())
+    by_service = {(i.space_id, i.service_id): i for i in by_space.values()}
+    return ProxyState(table, by_space, time.time(), _assignments(assignments), by_service)
 
 
 class StateLoader:
@@ -198,9 +248,9 @@ class StateLoader:
         pool = self.db.require()
         async with pool.acquire() as conn:
             fingerprint = await conn.fetchval(FINGERPRINT)
-            routes, installations = await proxy_state.load(conn)
+            routes, installations, assignments = await proxy_state.load(conn)
         # Building 10,000 routes takes a few hundred ms: off the event loop, so requests go on.
-        self.state = await asyncio.to_thread(build_state, routes, installations)
+        self.state = await asyncio.to_thread(build_state, routes, installations, assignments)
         self._fingerprint = fingerprint
         self.loaded.set()
         self.on_reload(self.state)

@@ -66,9 +66,10 @@ class AssertionSigner:
         return {"keys": [self.public_jwk()]}
 
     def assertion(self, *, subject: str, audience: str, space_id: str, installation_id: str,
-                  role: str, now: float | None = None) -> str:
+                  role: str, instance_service_id: str | None = None, now: float | None = None) -> str:
+        """`instance_service_id`: a management call's target (a claim of its own, and its own token)."""
         now = time.time() if now is None else now
-        key = (f"{subject}|{space_id}|{role}", installation_id)
+        key = (f"{subject}|{space_id}|{role}|{instance_service_id or ''}", installation_id)
         cached = self._cache.get(key)
         if cached is not None and cached[1] - REUSE_MARGIN_SECONDS > now:
             return cached[0]
@@ -76,6 +77,8 @@ class AssertionSigner:
         claims = {"iss": self.issuer, "aud": audience, "sub": subject, "space_id": space_id,
                   "installation_id": installation_id, "role": role, "iat": issued,
                   "exp": issued + LIFETIME_SECONDS}
+        if instance_service_id is not None:
+            claims["instance_service_id"] = instance_service_id
         token = jwt.encode(claims, self.private_key, algorithm="ES256", headers={"kid": self.kid})
         self._cache[key] = (token, float(issued + LIFETIME_SECONDS))
         return token

@@ -127,7 +127,8 @@ class Flight:
 
 def cache_key(*, space_id: UUID | str, caller: str | None, route: Route,
               installation_id: UUID | str | None, installation_version: str, method: str,
-              path: str, raw_query: str, accept: str, accept_encoding: str) -> str:
+              path: str, raw_query: str, accept: str, accept_encoding: str,
+              instance_service_id: UUID | str | None = None) -> str:
     """The one place a cache key is built: `<service id>:<space id>:<digest>`. Route and
     installation versions are part of the digest, so a changed route or installation never serves
     an old answer (its entries just expire). The service leads so that a purge can match a
@@ -136,7 +137,8 @@ def cache_key(*, space_id: UUID | str, caller: str | None, route: Route,
         caller = None  # the route shares its answers across the space
     # str(): ids may be asyncpg's own UUID type, which orjson does not know.
     parts = (str(space_id), caller, str(route.id), route.version, str(installation_id), installation_version,
-             method, path, raw_query, accept, accept_encoding)
+             method, path, raw_query, accept, accept_encoding,
+             str(instance_service_id) if instance_service_id else None)  # management calls
     # A JSON array keeps the fields apart: no separator inside a value can forge another key.
     digest = hashlib.sha256(orjson.dumps(parts)).hexdigest()
     return f"{route.service_id}:{space_id}:{digest}"

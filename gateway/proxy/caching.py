@@ -96,7 +96,8 @@ async def cached(ctx: ProxyContext, terminal: Terminal) -> web.StreamResponse:
         space_id=ctx.space_id, caller=ctx.principal.subject, route=route,
         installation_id=ctx.installation.id, installation_version=ctx.installation.version,
         method=request.method, path=ctx.path, raw_query=request.raw_path.partition("?")[2],
-        accept=request.headers.get("Accept", ""), accept_encoding=request.headers.get("Accept-Encoding", ""))
+        accept=request.headers.get("Accept", ""), accept_encoding=request.headers.get("Accept-Encoding", ""),
+        instance_service_id=ctx.instance_service_id)
     cache = rt.cache
     entry = await cache.get(key)
     if entry is not None and entry.fresh(cache.clock()):

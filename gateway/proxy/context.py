@@ -10,7 +10,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from auth.principal import Principal
-from routing.loader import Installation, ProxyState
+from routing.loader import Assignment, Installation, ProxyState
 from routing.table import Match
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ class ProxyContext:
     role: str | None = None
     installation: Installation | None = None
     match: Match | None = None
+    instance_service_id: UUID | None = None  # the management proxy's target
+    management: Assignment | None = None  # set by the management proxy's authorize stage
     upstream_status: int | None = None
     # A stale cached answer could stand in (stale_if_error): forward then turns an upstream's
     # 502/503/504 answer into an error, before streaming it, so the cache stage serves that one.

@@ -196,15 +196,20 @@ def _caller_fault(exc: BaseException) -> _BodyTooLarge | _BodyTooSlow | None:
 def _identity_headers(ctx: ProxyContext, rt: ProxyRuntime) -> dict[str, str]:
     principal, installation = ctx.principal, ctx.installation
     assert principal is not None and installation is not None and ctx.role is not None
+    managed = ctx.management  # a management call (gateway/proxy/management.py)
     headers = {
         "X-Gateway-Space-Id": str(ctx.space_id),
         "X-Gateway-Installation-Id": str(installation.id),
         "X-Gateway-Assertion": rt.signer.assertion(
             subject=principal.subject, audience=ctx.slug, space_id=str(ctx.space_id),
-            installation_id=str(installation.id), role=ctx.role),
+            installation_id=str(installation.id), role=ctx.role,
+            instance_service_id=str(managed.instance_service_id) if managed else None),
     }
     if principal.user_id is not None:
         headers["X-Gateway-User-Id"] = str(principal.user_id)
+    if managed is not None:
+        headers["X-Gateway-Instance-Service-Id"] = str(managed.instance_service_id)
+        headers["X-Gateway-Instance-Id"] = str(managed.instance_id)
     return headers
 
 

@@ -17,6 +17,7 @@ from auth.jwt import JwtVerifier
 from gateway import metrics
 from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
 from gateway.proxy.assertion import AssertionSigner
+from gateway.proxy.assignment_touches import AssignmentTouches
 from gateway.proxy.breaker import Breakers
 from gateway.proxy.cache import ResponseCache
 from gateway.proxy.callers import CallerCache
@@ -44,6 +45,7 @@ class ProxyRuntime:
     limiter: RateLimiter
     pools: UpstreamPools
     breakers: Breakers
+    assignment_touches: AssignmentTouches
 
 
 PROXY: Final = web.AppKey("proxy", ProxyRuntime)
@@ -98,13 +100,14 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     callers = CallerCache.from_settings(app[DB], settings)  # GATEWAY_CALLER_CACHE_TTL, GATEWAY_AUTH_FAILURES_PER_MINUTE
     upstream_auth = UpstreamAuth(app[KEYRING], session, allow_private=settings.allow_private_upstreams)
     breakers = Breakers(settings.breaker_failures, settings.breaker_open_seconds)
+    touches = AssignmentTouches(app[DB])
 
     def on_change(change: dict[str, Any]) -> None:
         callers.on_change(change)
         if change.get("table") == HEALTH and change.get("status") == "healthy":  # a probe, any node
             with contextlib.suppress(KeyError, ValueError, TypeError):
                 breakers.close_installation(UUID(change["id"]))
-        if change.get("table") in ("service_installations", "*"):
+        if change.get("table") in ("service_installations", "service_management_assignments", "*"):
             upstream_auth.invalidate()
         if change.get("table") == CACHE_PURGE:  # a purge made through another node
             cache.drop_local_service(change["id"])
@@ -120,11 +123,11 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload)
     limiter = RateLimiter(redis_link, settings.rate_limit_failure)
     app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth,
-                              redis_link, cache, limiter, upstream_pools(settings), breakers)
+                              redis_link, cache, limiter, upstream_pools(settings), breakers, touches)
     prober = HealthProber(loader, app[DB], redis_link, session, upstream_auth, breakers,
                           allow_private=settings.allow_private_upstreams)
     tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run()),
-             asyncio.create_task(prober.run())]
+             asyncio.create_task(prober.run()), asyncio.create_task(touches.run())]
     if redis_link.configured:
         tasks.append(asyncio.create_task(limiter.run_heartbeat()))
     yield
@@ -133,6 +136,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await prober.close()
+    await touches.flush()
     await callers.flush_last_used()
     if redis_link.configured:
         await limiter.leave()

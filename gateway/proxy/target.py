@@ -52,11 +52,17 @@ def climbs(segment: str) -> bool:
     return _dotty(form) or unquote(form) != form
 
 
-def parse_target(raw_path: str) -> tuple[UUID, str, str]:
-    """`/spaces/{space_id}/plugins/{slug}{path}` → (space_id, slug, path starting with "/")."""
+def _unambiguous(raw_path: str) -> str:
+    """The path without its query; 400 for encoded slashes and (possible) dot segments."""
     path = raw_path.split("?", 1)[0]
     if _AMBIGUOUS.search(path) or any(climbs(s) for s in path.split("/")):
         raise BadRequest("Encoded slashes and dot segments are not allowed in plugin paths")
+    return path
+
+
+def parse_target(raw_path: str) -> tuple[UUID, str, str]:
+    """`/spaces/{space_id}/plugins/{slug}{path}` → (space_id, slug, path starting with "/")."""
+    path = _unambiguous(raw_path)
     parts = path[len(PREFIX):].split("/", 3) if path.startswith(PREFIX) else []
     if len(parts) < 3 or parts[1] != "plugins":
         raise NotFound("No such resource")
@@ -68,3 +74,17 @@ def parse_target(raw_path: str) -> tuple[UUID, str, str]:
     if not _SLUG.fullmatch(slug):
         raise NotFound("No such plugin")
     return space_id, slug, "/" + parts[3] if len(parts) == 4 else "/"
+
+
+def parse_manage_target(raw_path: str) -> tuple[UUID, UUID, str]:
+    """`/spaces/{space_id}/instance-services/{id}/manage{path}` → (space_id, instance service id,
+    path starting with "/"), with the same refusals as parse_target."""
+    path = _unambiguous(raw_path)
+    parts = path[len(PREFIX):].split("/", 4) if path.startswith(PREFIX) else []
+    if len(parts) < 4 or parts[1] != "instance-services" or parts[3] != "manage":
+        raise NotFound("No such resource")
+    try:
+        space_id, instance_service_id = UUID(parts[0]), UUID(parts[2])
+    except ValueError:
+        raise NotFound("No such instance service") from None
+    return space_id, instance_service_id, "/" + parts[4] if len(parts) == 5 else "/"

@@ -116,15 +116,17 @@ class UpstreamAuth:
             self._credentials.clear()
             self._tokens.clear()
             return
-        for cache in (self._credentials, self._tokens):
-            for key in [k for k in cache if k[0] == installation_id]:
-                del cache[key]
+        for key in [k for k in self._credentials if k[0] == installation_id]:
+            del self._credentials[key]
+        for token_key in [k for k in self._tokens if k[0] == installation_id]:
+            del self._tokens[token_key]
 
     def _open(self, installation: Installation) -> dict[str, Any]:
-        key = (installation.id, installation.version)
+        table, row_id = installation.credentials_owner
+        key = (row_id, installation.version)
         creds = self._credentials.get(key)
         if creds is None:
-            aad = associated_data("service_installations", installation.id, "credentials")
+            aad = associated_data(table, row_id, "credentials")
             try:
                 creds = self._keyring.open(dict(installation.credentials or {}), aad)
             except DecryptionError:
@@ -216,7 +218,7 @@ def _token_key(installation: Installation, config: Mapping[str, Any]) -> TokenKe
     scope = config.get("scope") or ""
     if isinstance(scope, list | tuple):  # frozen JSON lists arrive as tuples
         scope = " ".join(str(s) for s in scope)
-    return installation.id, installation.version, token_url, str(scope)
+    return installation.credentials_owner[1], installation.version, token_url, str(scope)
 
 
 def _header_name(config: Mapping[str, Any]) -> str:
