@@ -4,7 +4,7 @@ from the contract, in one place."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Optional, TypeAlias, TypeVar
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
@@ -75,7 +75,8 @@ def _no_null_default(schema: dict[str, Any]) -> None:
 
 
 if TYPE_CHECKING:
-    NotNull = Optional  # to type checkers: a field left out reads as None
+    _T = TypeVar("_T")
+    NotNull: TypeAlias = Optional[_T]  # to type checkers: a field left out reads as None
 else:
     class NotNull:
         """`NotNull[T]` with a default of None: a PATCH field that may be left out but not sent as
@@ -84,10 +85,6 @@ else:
 
         def __class_getitem__(cls, tp: Any) -> Any:
             return Annotated[tp, BeforeValidator(_refuse_null), Field(json_schema_extra=_no_null_default)]
-
-
-def Text(max_length: int, *, min_length: int = 0) -> Any:  # noqa: N802 - reads as a type
-    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length)]
 
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]

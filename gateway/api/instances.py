@@ -34,6 +34,7 @@ def seal_connection_config(request: web.Request, instance_id: UUID, config: dict
     if config is None:
         return None
     config = dict(config)
+    envelope: dict[str, Any] | None
     if SECRETS in config:
         aad = associated_data("infrastructure_instances", instance_id, "connection_config.secrets")
         envelope = request.app[KEYRING].seal(config.pop(SECRETS), aad)

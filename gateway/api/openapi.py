@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 
 from aiohttp import web
-from pydantic import TypeAdapter
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, TypeAdapter
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from gateway.api.registry import API_PREFIX, ENDPOINTS, Endpoint, endpoint
 
@@ -122,20 +122,20 @@ def _links(ep: Endpoint) -> dict[str, Any]:
 
 
 def build_document() -> dict[str, Any]:
-    models = {(ep.body, "validation") for ep in ENDPOINTS if ep.body is not None}
+    models: set[tuple[Any, JsonSchemaMode]] = {(ep.body, "validation") for ep in ENDPOINTS if ep.body is not None}
     models |= {(ep.response, "serialization") for ep in ENDPOINTS if ep.response is not None}
-    keyed = [m for m in models if isinstance(m[0], type)]
+    keyed = [(model, mode) for model, mode in models if isinstance(model, type) and issubclass(model, BaseModel)]
     refs, defs = models_json_schema(sorted(keyed, key=lambda m: (m[0].__name__, m[1])),
                                     ref_template="#/components/schemas/{model}")
     schemas = dict(defs.get("$defs", {}))
     schemas["Problem"] = PROBLEM_SCHEMA
 
-    def schema_of(model: Any, mode: str) -> dict[str, Any]:
+    def schema_of(model: Any, mode: JsonSchemaMode) -> dict[str, Any]:
         if (model, mode) in refs:
             return refs[(model, mode)]
         # List bodies (discovery sync) and other non-model types: their nested models join the
         # shared components, so every $ref resolves in one place.
-        schema = TypeAdapter(model).json_schema(mode=mode, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+        schema = TypeAdapter(model).json_schema(mode=mode, ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         return schema
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import GenericAlias
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
@@ -24,10 +25,11 @@ class ListQuery(BaseModel):
 
 def page_of(model: type[T]) -> type[BaseModel]:
     """`{"items": [...], "next_cursor": ...}` for one item model, named `<Item>Page` in OpenAPI."""
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    items: Any = GenericAlias(list, model)  # list[model]: a type made at run time, no static type
+    return create_model(
         f"{model.__name__}Page",
         __base__=ResponseModel,
-        items=(list[model], ...),  # type: ignore[valid-type]
+        items=(items, ...),
         next_cursor=(str | None, None),
     )
 

@@ -11,7 +11,7 @@ from uuid import UUID
 from pydantic import AfterValidator, Field, RootModel, StringConstraints
 
 from gateway.api.fields import (
-    JsonObject, Name, NotNull, Port, RequestModel, ResponseModel, Tags, Text, no_secret_keys,
+    JsonObject, Name, NotNull, Port, RequestModel, ResponseModel, Tags, no_secret_keys,
 )
 
 InstanceType = Literal["vm", "docker_host", "kubernetes", "cloud_instance"]
@@ -47,6 +47,7 @@ def _connection_config(value: dict[str, Any]) -> dict[str, Any]:
 
 Host = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_host)]
 Protocol = Annotated[str, StringConstraints(min_length=1, max_length=10, pattern=r"^[a-z0-9]+$")]
+OsText = Annotated[str, StringConstraints(min_length=0, max_length=50)]
 ConnectionConfig = Annotated[dict[str, Any], AfterValidator(_connection_config)]
 
 
@@ -56,8 +57,8 @@ class _InstanceWritable(RequestModel):
     connection_type: ConnectionType | None = None
     connection_config: ConnectionConfig | None = None
     status: InstanceStatus | None = None
-    os_type: Text(50) | None = None  # type: ignore[valid-type]
-    os_version: Text(50) | None = None  # type: ignore[valid-type]
+    os_type: OsText | None = None
+    os_version: OsText | None = None
     resources: JsonObject | None = None
     tags: Tags | None = None
 

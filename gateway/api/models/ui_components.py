@@ -6,12 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, Field, field_validator
+from pydantic import AfterValidator, Field, StringConstraints, field_validator
 
-from gateway.api.fields import ConfigObject, Name, NotNull, Permission, RequestModel, ResponseModel, Text, UiType
+from gateway.api.fields import ConfigObject, Name, NotNull, Permission, RequestModel, ResponseModel, UiType
 from gateway.api.models.common import ListQuery
 
 ComponentType = Literal["widget", "page", "sidebar", "modal"]
+ComponentId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Placement = Literal["dashboard", "sidebar", "settings"]
 
 
@@ -26,7 +27,7 @@ Permissions = Annotated[list[Permission], Field(max_length=5, json_schema_extra=
 
 
 class _ComponentWritable(RequestModel):
-    component_id: Text(255, min_length=1) | None = None  # type: ignore[valid-type]
+    component_id: ComponentId | None = None
     render_config: ConfigObject = Field(default_factory=dict)
     placement_config: ConfigObject = Field(default_factory=dict)
     # Empty or null: everyone in the space; otherwise only callers holding one of these.
