@@ -12,7 +12,7 @@ from gateway.proxy.runtime import PROXY
 from gateway.redis_link import RedisLink
 
 READY_SINCE = web.AppKey("ready_since", float)
-PENDING_MIGRATIONS = web.AppKey("pending_migrations", list)
+PENDING_MIGRATIONS: web.AppKey[list[str]] = web.AppKey("pending_migrations", list)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -67,16 +67,23 @@ async def readyz(request: web.Request) -> web.Response:
         "route_table": {"loaded": age is not None, "age_seconds": None if age is None else round(age, 3),
                         "routes": loader.state.table.size, "listening_for_changes": loader.listening,
                         # Not listening means changes may be missed: the table may be stale.
-                        "stale": age is None or not loader.listening},
+                        "stale": age is None or not loader.listening,
+                        # "snapshot": PostgreSQL did not answer at start (GATEWAY_SNAPSHOT_PATH);
+                        # age_seconds is then the snapshot's.
+                        "source": loader.source},
     }
     if READY_SINCE in app:
         body["status"] = "ready"
         body["ready_for_seconds"] = round(time.time() - app[READY_SINCE], 3)
         # A node that lost PostgreSQL after start stays ready: it keeps serving from memory.
         return web.json_response(body)
+    if loader.source == "snapshot" and loader.loaded.is_set():
+        body["status"] = "ready"  # from the last-known-good state, until PostgreSQL answers
+        return web.json_response(body)
     body["status"] = "starting"
-    if app.get(PENDING_MIGRATIONS):
-        body["missing"] = ["pending migrations: " + ", ".join(app[PENDING_MIGRATIONS]) + " (run gateway migrate)"]
+    pending = app.get(PENDING_MIGRATIONS)
+    if pending:
+        body["missing"] = ["pending migrations: " + ", ".join(pending) + " (run gateway migrate)"]
     elif app[DB].refused:
         body["missing"] = [f"database role: {app[DB].refused}"]
     else:

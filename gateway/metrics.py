@@ -58,6 +58,12 @@ db_pool.add_failure_listener(lambda exc: DEPENDENCY_ERRORS.labels("postgres").in
 HEALTH_CHECKS: Final = Counter(
     "gateway_health_checks", "Active health probes of plugin upstreams, by result", ["service", "result"],
     registry=REGISTRY)
+SNAPSHOT_IN_USE: Final = Gauge(
+    "gateway_snapshot_in_use", "1 while the proxy serves from the last-known-good snapshot (PostgreSQL away at start)",
+    registry=REGISTRY, multiprocess_mode="livemax")
+SNAPSHOT_WRITTEN: Final = Gauge(
+    "gateway_snapshot_written_timestamp_seconds", "When the snapshot in use, or last written, was written (Unix time)",
+    registry=REGISTRY, multiprocess_mode="livemax")
 # Open breakers per service, summed over the live workers (each holds its own breakers).
 BREAKER_OPEN: Final = Gauge("gateway_breaker_open", "Circuit breakers open now, per service (installation and origin)",
                             ["service"], registry=REGISTRY, multiprocess_mode="livesum")

@@ -137,6 +137,7 @@ class Settings:
     client_body_min_rate: int = 1024
     upstream_pool_timeout: float = 5.0
     breaker_failures: int = 5
+    snapshot_path: str = ""  # GATEWAY_SNAPSHOT_PATH: the last-known-good state (gateway/snapshot.py)
     breaker_open_seconds: float = 30.0
     upstream_space_share: float = 0.5
     max_connections: int = 10000
@@ -194,6 +195,7 @@ class Settings:
             client_body_min_rate=_integer(env, "GATEWAY_CLIENT_BODY_MIN_RATE", 1024),
             upstream_pool_timeout=_number(env, "GATEWAY_UPSTREAM_POOL_TIMEOUT", 5.0, minimum=0.001),
             breaker_failures=_integer(env, "GATEWAY_BREAKER_FAILURES", 5, minimum=1),
+            snapshot_path=env.get("GATEWAY_SNAPSHOT_PATH", ""),
             breaker_open_seconds=_number(env, "GATEWAY_BREAKER_OPEN_SECONDS", 30.0, minimum=0.001),
             upstream_space_share=share,
             max_connections=_integer(env, "GATEWAY_MAX_CONNECTIONS", 10000, minimum=1),

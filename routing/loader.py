@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from datetime import datetime, timezone
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -30,6 +31,7 @@ from routing.table import Route, RouteTable, TemplateError, join_target
 log = logging.getLogger("gateway.routing")
 
 CHANNEL = "gateway_changes"
+Rows = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]  # routes, installations, assignments
 STATE_TABLES = frozenset({"service_registry", "service_installations", "service_api_routes",
                           # the management proxy's (migration 20250101001300)
                           "service_management_assignments", "instance_services", "infrastructure_instances"})
@@ -228,9 +230,12 @@ class StateLoader:
 
     def __init__(self, db: Database, *, on_change: Callable[[dict[str, Any]], None] | None = None,
                  on_reload: Callable[[ProxyState], None] | None = None,
+                 on_rows: Callable[[Rows], Awaitable[None]] | None = None,
                  safety_interval: float = SAFETY_INTERVAL_SECONDS) -> None:
         self.db = db
         self.state = ProxyState.empty()
+        self.source = "database"  # or "snapshot": a last-known-good state (gateway/snapshot.py)
+        self.on_rows = on_rows  # given every load's rows (the snapshot writer)
         self.loaded = asyncio.Event()
         self.on_change = on_change or (lambda payload: None)
         self.on_reload = on_reload or (lambda state: None)
@@ -251,11 +256,24 @@ class StateLoader:
             routes, installations, assignments = await proxy_state.load(conn)
         # Building 10,000 routes takes a few hundred ms: off the event loop, so requests go on.
         self.state = await asyncio.to_thread(build_state, routes, installations, assignments)
+        self.source = "database"
         self._fingerprint = fingerprint
         self.loaded.set()
         self.on_reload(self.state)
         log.info("route table loaded: %d routes, %d installations",
                  self.state.table.size, len(self.state.installations))
+        if self.on_rows is not None:
+            await self.on_rows((routes, installations, assignments))
+
+    async def restore(self, rows: Rows, written_at: float) -> None:
+        """Serve a last-known-good state until PostgreSQL answers (the next reload replaces it)."""
+        state = await asyncio.to_thread(build_state, *rows)
+        self.state = dataclasses.replace(state, loaded_at=written_at)
+        self.source = "snapshot"
+        self.loaded.set()
+        self.on_reload(self.state)
+        log.warning("serving from the snapshot written %.0f s ago: %d routes, %d installations",
+                    time.time() - written_at, self.state.table.size, len(self.state.installations))
 
     def schedule_reload(self) -> None:
         """Coalesce a burst of notifications into one reload shortly after the first.

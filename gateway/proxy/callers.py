@@ -51,6 +51,7 @@ FALLBACK_WAIT_SECONDS = 1.0
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -68,12 +69,12 @@ class _Read:
         self.stale = False
 
 
-class _Entries(LRUCache):  # type: ignore[type-arg]
-    def __init__(self, maxsize: int, evicted: Callable[[Any], None]) -> None:
+class _Entries(LRUCache[K, _Entry[V]]):
+    def __init__(self, maxsize: int, evicted: Callable[[K], None]) -> None:
         super().__init__(maxsize)
         self._evicted = evicted
 
-    def popitem(self) -> tuple[Any, Any]:
+    def popitem(self) -> tuple[K, _Entry[V]]:
         key, value = super().popitem()
         self._evicted(key)
         return key, value
@@ -88,7 +89,7 @@ class TtlEntries(Generic[K, V]):
 
     def __init__(self, size: int, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._entries: _Entries = _Entries(size, self._forget_age)
+        self._entries: _Entries[K, V] = _Entries(size, self._forget_age)
         self._by_age: OrderedDict[K, None] = OrderedDict()
         self._reads: dict[K, set[_Read]] = {}
         self.inflight: dict[K, asyncio.Task[V]] = {}  # request-path reads, one per key
@@ -157,6 +158,13 @@ class TtlEntries(Generic[K, V]):
                 found.append(key)
         return found
 
+    def items(self) -> list[tuple[K, V]]:
+        return [(key, entry.value) for key, entry in self._entries.items()]
+
+    def seed(self, key: K, value: V, read_at: float) -> None:
+        """Hold a value that was not read now (a snapshot's): the refresher reads it again first."""
+        self.store(key, self.begin(key), value, read_at)
+
     def oldest_read_at(self) -> float | None:
         for key in self._by_age:
             entry = self._entries.get(key)
@@ -186,6 +194,23 @@ class CallerCache:
     @classmethod
     def from_settings(cls, db: Database, settings: Settings) -> CallerCache:
         return cls(db, ttl=settings.caller_cache_ttl, failures=AuthFailures(settings.auth_failures_per_minute))
+
+    # -- the last-known-good snapshot (gateway/snapshot.py) -------------------------------
+
+    def export(self) -> dict[str, list[list[Any]]]:
+        return {"users": [[str(user), exists] for user, exists in self.users.items()],
+                "roles": [[str(space), str(user), role] for (space, user), role in self.roles.items()],
+                "api_keys": self.key_hashes.export()}
+
+    def seed(self, snapshot: dict[str, Any]) -> None:
+        """Hold a snapshot's callers as read a TTL ago: used while PostgreSQL is away (past the
+        TTL, as /readyz says), read again first when it answers."""
+        read_at = self._clock() - self.ttl
+        for user, exists in snapshot.get("users", []):
+            self.users.seed(UUID(user), bool(exists), read_at)
+        for space, user, role in snapshot.get("roles", []):
+            self.roles.seed((UUID(space), UUID(user)), role, read_at)
+        self.key_hashes.seed(snapshot.get("api_keys", []))
 
     # -- lookups (the request path) --------------------------------------------------------
 
@@ -234,7 +259,7 @@ class CallerCache:
         entries.store(key, read, value, started)
         return value
 
-    async def _query(self, fn: Any, *args: Any) -> Any:
+    async def _query(self, fn: Callable[..., Awaitable[R]], *args: Any) -> R:
         try:
             result = await fn(self.db.require(), *args)
         except CONNECTION_ERRORS as exc:

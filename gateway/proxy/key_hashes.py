@@ -179,6 +179,19 @@ class KeyHashes:
         except CONNECTION_ERRORS as exc:
             raise DatabaseUnavailable(type(exc).__name__) from exc
 
+    def export(self) -> list[list[str]]:
+        return [[str(i.id), str(i.space_id), i.role, key_hash.hex()] for key_hash, i in self._by_hash.items()]
+
+    def seed(self, keys: list[list[str]]) -> None:
+        """A snapshot's key hashes, until the first load from PostgreSQL replaces them."""
+        if self.loaded:
+            return
+        identities = [(bytes.fromhex(h), ApiKeyIdentity(UUID(i), UUID(s), r)) for i, s, r, h in keys]
+        self._by_hash = dict(identities)
+        self._hash_of = {identity.id: key_hash for key_hash, identity in identities}
+        self.loaded_at = self._clock()
+        self._full = True  # read them all from PostgreSQL as soon as it answers
+
     async def _load_all(self) -> None:
         fingerprint, keys = await self._read(callers.live_api_keys)
         self._by_hash = {key.key_hash: key.identity for key in keys}

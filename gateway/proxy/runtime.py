@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 from uuid import UUID
 
@@ -14,6 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from auth.jwt import JwtVerifier
+from db.migrate import load_migrations
+from db.pool import Database
 from gateway import metrics
 from gateway.appkeys import DB, JWT, KEYRING, SETTINGS
 from gateway.proxy.assertion import AssertionSigner
@@ -28,7 +32,8 @@ from gateway.proxy.resolver import PublicOnlyResolver
 from gateway.proxy.upstream_auth import UpstreamAuth
 from gateway.redis_link import RedisLink
 from gateway.settings import Settings
-from routing.loader import ProxyState, StateLoader
+from gateway.snapshot import Snapshot, SnapshotUnusable
+from routing.loader import ProxyState, Rows, StateLoader
 
 
 @dataclass(slots=True)
@@ -47,6 +52,8 @@ class ProxyRuntime:
     breakers: Breakers
     assignment_touches: AssignmentTouches
 
+
+log = logging.getLogger("gateway.proxy")
 
 PROXY: Final = web.AppKey("proxy", ProxyRuntime)
 CACHE_PURGE: Final = "cache_purge"  # the `table` of the notification a cache purge sends
@@ -120,7 +127,21 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         # skipped (an old table is still freed by reference counting once swapped out).
         gc.freeze()
 
-    loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload)
+    snapshot = (Snapshot(Path(settings.snapshot_path), app[KEYRING], load_migrations()[-1].version)
+                if settings.snapshot_path else None)
+
+    async def save_snapshot(rows: Rows) -> None:
+        if snapshot is None:
+            return
+        routes, installations, assignments = rows
+        payload = {"routes": routes, "installations": installations, "assignments": assignments, **callers.export()}
+        try:
+            metrics.SNAPSHOT_WRITTEN.set(await asyncio.to_thread(snapshot.write, payload))
+        except (OSError, TypeError, ValueError) as exc:  # a full disk must not stop the loader
+            log.warning("snapshot not written: %s", exc)
+        metrics.SNAPSHOT_IN_USE.set(0)
+
+    loader = StateLoader(app[DB], on_change=on_change, on_reload=on_reload, on_rows=save_snapshot)
     limiter = RateLimiter(redis_link, settings.rate_limit_failure)
     app[PROXY] = ProxyRuntime(settings, loader, callers, app[JWT], session, app[SIGNER], upstream_auth,
                               redis_link, cache, limiter, upstream_pools(settings), breakers, touches)
@@ -128,6 +149,8 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
                           allow_private=settings.allow_private_upstreams)
     tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run()),
              asyncio.create_task(prober.run()), asyncio.create_task(touches.run())]
+    if snapshot is not None:
+        tasks.append(asyncio.create_task(_restore_when_unreachable(app[DB], loader, callers, snapshot)))
     if redis_link.configured:
         tasks.append(asyncio.create_task(limiter.run_heartbeat()))
     yield
@@ -143,3 +166,29 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
     await redis_link.close()
     await cache.close()
+
+
+RESTORE_AFTER_SECONDS: Final = 2.0  # how long a starting node waits for PostgreSQL before the snapshot
+
+
+async def _restore_when_unreachable(db: Database, loader: StateLoader, callers: CallerCache,
+                                    snapshot: Snapshot) -> None:
+    """At start: serve the snapshot if PostgreSQL has not answered within RESTORE_AFTER_SECONDS
+    (the live load replaces it as soon as it does)."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(db.ready.wait(), RESTORE_AFTER_SECONDS)
+        return
+    if loader.loaded.is_set():
+        return
+    try:
+        found = await asyncio.to_thread(snapshot.read)
+    except SnapshotUnusable as exc:
+        log.warning("snapshot %s not used: it %s", snapshot.path, exc)
+        return
+    if found is None or loader.loaded.is_set():
+        return
+    payload, written_at = found
+    callers.seed(payload)
+    await loader.restore((payload["routes"], payload["installations"], payload["assignments"]), written_at)
+    metrics.SNAPSHOT_IN_USE.set(1)
+    metrics.SNAPSHOT_WRITTEN.set(written_at)
