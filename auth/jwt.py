@@ -58,6 +58,7 @@ class JwtVerifier:
         self._secret = secret
         self.issuer = issuer
         self.audience = audience
+        self._public_key: PublicKey | None
         self._public_key, self._public_key_alg = load_public_key(public_key) if public_key else (None, "")
         self.jwks = jwks
         self._leeway = leeway

@@ -98,7 +98,7 @@ class KeyRing:
         return values
 
     def needs_rotation(self, envelope: dict[str, Any] | None) -> bool:
-        return bool(envelope) and envelope.get("kid") != self.primary  # type: ignore[union-attr]
+        return bool(envelope and envelope.get("kid") != self.primary)
 
 
 def credential_keys(envelope: dict[str, Any] | None) -> list[str]:

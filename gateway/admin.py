@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from db import proxy_state
 from db.encryption import KeyRing
@@ -29,7 +30,7 @@ def rotate_keys(settings: Settings) -> int:
 
 
 def print_routes(settings: Settings) -> int:
-    async def load() -> tuple[list[dict[str, object]], list[dict[str, object]], list[dict[str, object]]]:
+    async def load() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         pool = await create_pool(settings.database_url, min_size=1, max_size=1, role=settings.db_role)
         try:
             async with pool.acquire() as conn:
@@ -38,7 +39,7 @@ def print_routes(settings: Settings) -> int:
             await pool.close()
 
     routes, installations, assignments = asyncio.run(load())
-    state = build_state(routes, installations, assignments)  # type: ignore[arg-type]
+    state = build_state(routes, installations, assignments)
     print(f"{state.table.size} routes, {len(state.installations)} installations")
     print(f"{'SERVICE':24} {'METHOD':7} {'PATH':32} {'SCOPE':10} {'LIMIT':12} {'CACHE':6} TARGET")
     for slug in state.table.services():

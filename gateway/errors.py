@@ -7,7 +7,7 @@ application/problem+json (RFC 9457).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncpg
 
@@ -18,9 +18,10 @@ PROBLEM_BASE = "https://plugin-gateway.dev/problems/"
 
 
 class GatewayError(Exception):
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "about:blank"
-    title: ClassVar[str] = "Internal Server Error"
+    # Each class's own; an instance may carry others (an aiohttp HTTPException's, middleware.py).
+    status: int = 500
+    type: str = "about:blank"
+    title: str = "Internal Server Error"
     headers: dict[str, str]
 
     def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None) -> None:

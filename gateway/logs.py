@@ -26,6 +26,7 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
@@ -127,7 +128,7 @@ class JsonFormatter(logging.Formatter):
         # validated traceparent; never a query, a header value or a body), so it skips the text
         # patterns, which would cost more than the rest of the request.
         trusted = record.name == ACCESS_LOGGER
-        clean = (lambda v: v) if trusted else redact_value
+        clean: Callable[[Any], Any] = (lambda v: v) if trusted else redact_value
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
                   .replace("+00:00", "Z"),

@@ -79,7 +79,7 @@ def _from_http_exception(exc: web.HTTPException) -> GatewayError:
     if isinstance(exc, web.HTTPNotFound):
         return NotFound("No such resource")
     error = GatewayError(exc.reason)
-    error.status, error.title, error.type = exc.status, exc.reason, "about:blank"  # type: ignore[misc]
+    error.status, error.title, error.type = exc.status, exc.reason, "about:blank"
     return error
 
 

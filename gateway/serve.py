@@ -106,7 +106,7 @@ def _bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class GatewayLogger(glogging.Logger):  # type: ignore[misc]
+class GatewayLogger(glogging.Logger):
     """gunicorn's own messages through the gateway's JSON handler (gateway/logs.py), not a
     second format on stderr; gunicorn's access log stays off (the gateway writes its own)."""
 
@@ -120,7 +120,12 @@ class GatewayLogger(glogging.Logger):  # type: ignore[misc]
         self.access_log.disabled = True
 
 
-class GatewayArbiter(Arbiter):  # type: ignore[misc]
+class GatewayArbiter(Arbiter):
+    # Narrower than gunicorn's: the arbiter is only given ours (GatewayApplication.run), and its
+    # logger is set in setup(), before any signal is handled.
+    app: GatewayApplication
+    log: glogging.Logger
+
     def handle_hup(self) -> None:
         # gunicorn halts the whole server when new workers cannot boot: check first.
         problem = check_reload(self.app.environ)
@@ -130,7 +135,7 @@ class GatewayArbiter(Arbiter):  # type: ignore[misc]
         super().handle_hup()
 
 
-class GatewayApplication(BaseApplication):  # type: ignore[misc]
+class GatewayApplication(BaseApplication):
     def __init__(self, settings: Settings, *, host: str, port: int, workers: int,
                  configure_app: AppHook | None = None, environ: Mapping[str, str] | None = None) -> None:
         self.settings, self.host, self.port, self.workers = settings, host, port, workers
@@ -164,7 +169,9 @@ class GatewayApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(name, value)
         self.configured = True
 
-    def load(self) -> Callable[[], Any]:
+    # gunicorn hands whatever load() returns to the worker class; its stubs allow only WSGI/ASGI
+    # apps, and aiohttp's worker takes this factory of an AppRunner.
+    def load(self) -> Callable[[], Any]:  # type: ignore[override]
         # Runs in the worker, after the fork: the application's code is imported here.
         return self._make_runner
 
@@ -201,7 +208,7 @@ def _child_exit(arbiter: Arbiter, worker: Any) -> None:
 GC_THRESHOLD = 20_000  # allocations minus deallocations between generation-0 collections
 
 
-class GatewayWorker(GunicornUVLoopWebWorker):  # type: ignore[misc]
+class GatewayWorker(GunicornUVLoopWebWorker):
     """aiohttp's uvloop worker. The app comes as a GatewayRunner (gateway/connections.py), which
     carries the server options and the connection bounds that aiohttp's default runner lacks."""
 

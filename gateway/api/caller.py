@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
 
+import asyncpg
 from aiohttp import web
 
 from auth.principal import Principal, role_meets
@@ -96,7 +98,8 @@ async def require_platform_admin(request: web.Request) -> Principal:
     return principal
 
 
-def transaction(request: web.Request, principal: Principal, space_id: UUID | None = None):  # type: ignore[no-untyped-def]
+def transaction(request: web.Request, principal: Principal,
+                space_id: UUID | None = None) -> AbstractAsyncContextManager[asyncpg.Connection]:
     """The request's one transaction, carrying the caller for row-level security and audit."""
     return request.app[DB].transaction(
         user_id=principal.user_id, space_id=space_id or principal.api_key_space_id,

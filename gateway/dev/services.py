@@ -320,12 +320,12 @@ def start_postgres(data_dir: Path, port: int | None = None) -> LocalPostgres | W
     if bin_dir is not None:
         return LocalPostgres(data_dir, port or free_port(), bin_dir, _unprivileged_user()).start()
     try:
-        import pgserver  # type: ignore[import-not-found]
+        from pgserver.postgres_server import get_server
     except ImportError:
         raise DevServiceError("no PostgreSQL binaries found: install PostgreSQL (Debian: apt-get install "
                               "postgresql), pip install 'plugin-gateway[demo]' (pgserver), "
                               "or set DATABASE_URL") from None
-    return WheelPostgres(pgserver.get_server(str(data_dir), cleanup_mode="stop"), data_dir)
+    return WheelPostgres(get_server(str(data_dir), cleanup_mode="stop"), data_dir)
 
 
 # --- Redis ------------------------------------------------------------------------------------

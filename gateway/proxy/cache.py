@@ -328,7 +328,7 @@ class ResponseCache:
             blob = await self._link.call(lambda r: r.get(ENTRY_PREFIX + key))
         except RedisUnavailable:
             return None
-        if blob is None:
+        if not isinstance(blob, bytes):  # None: not kept (the client never decodes to str)
             return None
         try:
             entry = CachedResponse.from_bytes(blob)
@@ -375,11 +375,13 @@ class ResponseCache:
             return len(dropped)
         cursor = 0
         while True:
+            # call() runs each operation once, at once: the lambdas read this turn's cursor and names.
             cursor, names = await self._link.call(
-                lambda r, c=cursor: r.scan(c, match=f"{ENTRY_PREFIX}{prefix}*", count=1000))
+                lambda r: r.scan(cursor, match=f"{ENTRY_PREFIX}{prefix}*", count=1000))
             if names:
-                await self._link.call(lambda r, n=names: r.unlink(*n))
-                dropped.update(name.decode()[len(ENTRY_PREFIX):] for name in names)
+                await self._link.call(lambda r: r.unlink(*names))
+                dropped.update((name.decode() if isinstance(name, bytes) else name)[len(ENTRY_PREFIX):]
+                               for name in names)
             if cursor == 0:
                 return len(dropped)
 
@@ -508,7 +510,7 @@ class ResponseCache:
             names = [LOCK_PREFIX + key for key, _ in batch]
             tokens = [token for _, (token, _) in batch]
             try:
-                await self._link.call(lambda r, n=names, t=tokens: r.eval(_RELEASE_MANY, len(n), *n, *t))
+                await self._link.call(lambda r: r.eval(_RELEASE_MANY, len(names), *names, *tokens))
             except RedisUnavailable:
                 return
             for key, held in batch:
