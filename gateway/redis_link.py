@@ -116,6 +116,7 @@ async def answer_within(timeout: float) -> AsyncIterator[None]:
     try:
         async with asyncio.timeout(None) as scope:
             extensions = 0
+            handle: asyncio.TimerHandle
 
             def fire() -> None:
                 nonlocal extensions, handle
@@ -149,7 +150,9 @@ class RedisLink:
             pool = redis.BlockingConnectionPool.from_url(
                 url, max_connections=MAX_CONNECTIONS, timeout=outer, socket_timeout=outer,
                 socket_connect_timeout=outer, health_check_interval=0)
-            self.client = redis.Redis(connection_pool=pool, retry=None)
+            # No retries: with no `retry`, from_url's connections get Retry(NoBackoff(), 0) (a
+            # Redis given a pool ignores its own `retry` argument).
+            self.client = redis.Redis(connection_pool=pool)
         self._paused_until = 0.0
         self._failures = 0  # in a row
         self.healthy = self.client is not None

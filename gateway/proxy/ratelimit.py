@@ -130,7 +130,7 @@ class _IncrBatcher:
         asyncio.get_running_loop().create_task(self._send(batch))
 
     async def _send(self, batch: list[tuple[str, int, asyncio.Future[int]]]) -> None:
-        async def run(r: redis.Redis) -> list[object]:
+        async def run(r: redis.Redis) -> list[int]:
             try:
                 return await self._pipeline(r, batch)
             except NoScriptError:
@@ -146,13 +146,13 @@ class _IncrBatcher:
             return
         for (_, _, future), count in zip(batch, counts, strict=True):
             if not future.done():
-                future.set_result(int(count))  # type: ignore[call-overload]
+                future.set_result(int(count))
 
-    async def _pipeline(self, r: redis.Redis, batch: list[tuple[str, int, asyncio.Future[int]]]) -> list[object]:
+    async def _pipeline(self, r: redis.Redis, batch: list[tuple[str, int, asyncio.Future[int]]]) -> list[int]:
         pipe = r.pipeline(transaction=False)
         for key, ttl, _ in batch:
             pipe.evalsha(self.sha, 1, key, ttl)
-        result: list[object] = await pipe.execute()
+        result: list[int] = await pipe.execute()  # the script's counts
         return result
 
 
@@ -212,7 +212,7 @@ class RateLimiter:
             return self.live_nodes
         now = self.clock()
 
-        async def announce(r: redis.Redis) -> list[object]:
+        async def announce(r: redis.Redis) -> list[int]:  # counts, and EXPIRE's bool
             pipe = r.pipeline(transaction=True)
             pipe.zadd(NODES_KEY, {self.node_id: now})
             pipe.zremrangebyscore(NODES_KEY, "-inf", f"({now - 3 * interval}")
