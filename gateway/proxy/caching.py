@@ -81,7 +81,8 @@ def _serve(ctx: ProxyContext, entry: CachedResponse, now: float, status: str = "
 
 
 async def cached(ctx: ProxyContext, terminal: Terminal) -> web.StreamResponse:
-    route, request = ctx.match.route, ctx.request  # type: ignore[union-attr]
+    assert ctx.match is not None  # the stages routed it
+    route, request = ctx.match.route, ctx.request
     if not route.cache_enabled or not route.cache_ttl:
         return await terminal(ctx)
     slug = ctx.slug
@@ -136,7 +137,8 @@ def flight_wait(ctx: ProxyContext) -> float:
     route's own `connect_timeout`/`timeout` options, else the settings), plus FLIGHT_GRACE. A
     shorter wait would run out just before the leader's failure arrives, and the waiter would
     then start a second full upstream call of its own."""
-    settings, options = runtime_of(ctx.request).settings, ctx.match.route.options  # type: ignore[union-attr]
+    assert ctx.match is not None
+    settings, options = runtime_of(ctx.request).settings, ctx.match.route.options
     return (settings.upstream_pool_timeout
             + float(options.get("connect_timeout", settings.upstream_connect_timeout))
             + float(options.get("timeout", settings.upstream_timeout)) + FLIGHT_GRACE)

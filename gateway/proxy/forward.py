@@ -240,7 +240,8 @@ def _forwarded_headers(request: web.Request, trusted_proxies: Networks) -> dict[
 
 async def _open_upstream(ctx: ProxyContext, rt: ProxyRuntime, target: URL, headers: CIMultiDict[str],
                          limit: int, upload: _Upload | None) -> aiohttp.ClientResponse:
-    request, route = ctx.request, ctx.match.route  # type: ignore[union-attr]
+    assert ctx.match is not None  # the stages routed it
+    request, route = ctx.request, ctx.match.route
     options = route.options
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=float(options.get("connect_timeout", rt.settings.upstream_connect_timeout)),

@@ -72,7 +72,8 @@ async def route(ctx: ProxyContext) -> None:
 
 async def rate_limit(ctx: ProxyContext) -> None:
     """The route's `rate_limit` per `rate_limit_window` seconds, counted per route and space."""
-    matched = ctx.match.route  # type: ignore[union-attr]
+    assert ctx.match is not None  # route() ran first
+    matched = ctx.match.route
     if not matched.rate_limit or not matched.rate_limit_window:
         return
     try:
