@@ -6,7 +6,8 @@
 - the owners of the cross-space SECURITY DEFINER functions, each with only the policies its
   functions need (migrations/20250101000900_roles_and_row_security.sql): `gateway_reader`
   (loader and API-key cache), `gateway_bookkeeper` (last-used touches, installation_count),
-  `gateway_rotator` (rotate-keys), `gateway_auditor` (the audit log's triggers and verifier).
+  `gateway_rotator` (rotate-keys), `gateway_auditor` (the audit log's triggers and verifier),
+  `gateway_courier` (the webhook outbox's triggers and delivery workers, migration 1200).
 
 `gateway migrate` creates the roles that are missing before the migrations run (they name them)
 and grants the app role its privileges after. Where the migrating login may not create roles,
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-DEFINER_OWNERS = ("gateway_reader", "gateway_bookkeeper", "gateway_rotator", "gateway_auditor")
+DEFINER_OWNERS = ("gateway_reader", "gateway_bookkeeper", "gateway_rotator", "gateway_auditor", "gateway_courier")
 
 # Tables the app role reads and writes (row-level security decides which rows).
 READ_WRITE = ("service_registry", "service_api_routes", "service_ui_components", "service_installations",
@@ -28,6 +29,9 @@ READ_WRITE = ("service_registry", "service_api_routes", "service_ui_components",
 # The host platform's: read only. The audit log: insert (by its triggers) and read, never more.
 READ_ONLY = ("users", "spaces", "space_members")
 APPEND_ONLY = ("audit_log",)
+# The gateway's own tables the app role only reads (row-level security decides which rows): the
+# webhook outbox is written by its definer functions only.
+OWN_READ_ONLY = ("webhook_deliveries",)
 
 CROSS_SPACE_FUNCTIONS = (
     "gateway_live_routes()", "gateway_live_installations()", "gateway_routes_fingerprint()",
@@ -36,6 +40,9 @@ CROSS_SPACE_FUNCTIONS = (
     "gateway_lock_service(uuid, text)", "gateway_record_health(uuid[], text[], timestamptz)",
     "gateway_service_health(uuid)", "gateway_live_assignments()", "gateway_touch_assignments(uuid[], timestamptz)",
     "gateway_sealed_batch(text, text, uuid, integer)", "gateway_reseal(text, uuid, jsonb, jsonb)",
+    "gateway_webhook_claim(integer, integer, text[], integer[], double precision)",
+    "gateway_webhook_record(uuid, uuid, text, integer, text, double precision)",
+    "gateway_webhook_redeliver(uuid, uuid)",
 )
 
 
@@ -92,6 +99,7 @@ def grant_statements(app_role: str, present: set[str]) -> list[str]:
     for table in APPEND_ONLY:
         if table in present:
             statements.append(f"GRANT SELECT, INSERT ON public.{table} TO {app_role}")
+    statements += [f"GRANT SELECT ON public.{table} TO {app_role}" for table in OWN_READ_ONLY if table in present]
     statements.append(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {app_role}")
     statements += [f"GRANT EXECUTE ON FUNCTION public.{f} TO {app_role}" for f in CROSS_SPACE_FUNCTIONS]
     return statements

@@ -36,7 +36,8 @@ TRANSITIONS = {
 def upstream_urls(values: dict[str, Any]) -> dict[str, str]:
     """The URLs of a service body that the proxy will call, by field."""
     urls = {"api_base_url": values.get("api_base_url"),
-            "api_auth_config.token_url": (values.get("api_auth_config") or {}).get("token_url")}
+            "api_auth_config.token_url": (values.get("api_auth_config") or {}).get("token_url"),
+            "capabilities.webhook_url": (values.get("capabilities") or {}).get("webhook_url")}
     return {field: url for field, url in urls.items() if url}
 
 

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+    BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator,
+    model_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
 
@@ -42,9 +43,19 @@ class HealthCheck(RequestModel):
         return self
 
 
+# capabilities.webhook_url (contract revision 3, "Webhooks"): where the gateway POSTs the
+# service's events; null or absent: none. Checked like target_url, its address too (services.py).
+_WEBHOOK_URL: TypeAdapter[str | None] = TypeAdapter(HttpUrl | None)
+
+
 def _checked_capabilities(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Capabilities are the vendor's own object; only `health_check` has a shape the gateway
-    relies on, checked here (422 naming capabilities.health_check.<field>)."""
+    """Capabilities are the vendor's own object; only `health_check` and `webhook_url` have a
+    shape the gateway relies on, checked here (422 naming capabilities.health_check.<field>)."""
+    if isinstance(value, dict) and "webhook_url" in value:
+        try:
+            _WEBHOOK_URL.validate_python(value["webhook_url"], strict=True)
+        except ValidationError as exc:
+            raise ValueError(f"webhook_url: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     if isinstance(value, dict) and "health_check" in value:
         try:
             HealthCheck.model_validate(value["health_check"])
