@@ -87,6 +87,29 @@ def usable_cpus() -> int:
     return max(1, count)
 
 
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (60.0, 300.0, 1800.0, 7200.0, 21600.0, 86400.0)
+MAX_WEBHOOK_RETRIES = 30
+
+
+def _schedule(env: Mapping[str, str], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated delays in seconds, each above 0, at most MAX_WEBHOOK_RETRIES of them."""
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    delays = []
+    for item in (part.strip() for part in raw.split(",")):
+        try:
+            delay = float(item)
+        except ValueError:
+            raise ConfigError(f"Config '{key}' must be comma-separated seconds, got {item!r}") from None
+        if not 0 < delay < float("inf"):
+            raise ConfigError(f"Config '{key}' delays must be above 0 seconds, got {item!r}")
+        delays.append(delay)
+    if len(delays) > MAX_WEBHOOK_RETRIES:
+        raise ConfigError(f"Config '{key}' may hold at most {MAX_WEBHOOK_RETRIES} delays, got {len(delays)}")
+    return tuple(delays)
+
+
 _ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -146,6 +169,9 @@ class Settings:
     caller_cache_ttl: float = 60.0
     cache_max_ttl: int = 86400
     cache_redis_url: str = ""  # the response cache's Redis; from_env defaults it to REDIS_URL
+    # Webhooks (gateway/webhooks.py): the delays before each retry, then `failed`; the answer's deadline.
+    webhook_retry_schedule: tuple[float, ...] = DEFAULT_WEBHOOK_RETRY_SCHEDULE
+    webhook_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = None) -> Settings:
@@ -204,6 +230,8 @@ class Settings:
             caller_cache_ttl=_number(env, "GATEWAY_CALLER_CACHE_TTL", 60.0, minimum=0.001),
             cache_max_ttl=_integer(env, "GATEWAY_CACHE_MAX_TTL", 86400, minimum=1),
             cache_redis_url=env.get("GATEWAY_CACHE_REDIS_URL") or redis_url,
+            webhook_retry_schedule=_schedule(env, "GATEWAY_WEBHOOK_RETRY_SCHEDULE", DEFAULT_WEBHOOK_RETRY_SCHEDULE),
+            webhook_timeout=_number(env, "GATEWAY_WEBHOOK_TIMEOUT", 10.0, minimum=0.001),
         )
 
     def require(self, *names: str) -> None:

@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 LIFETIME_SECONDS = 300  # the contract's maximum
 REUSE_MARGIN_SECONDS = 30  # re-sign this long before expiry so no plugin sees an expired one
+# The JWS header's `typ`: a webhook signature (gateway/webhooks.py, `gateway-webhook+jwt`) is made
+# with the same key, and a plugin that checks `typ` takes neither token for the other.
+ASSERTION_TYPE = "gateway-assertion+jwt"
 
 
 class AssertionKeyError(ValueError):
@@ -79,6 +82,6 @@ class AssertionSigner:
                   "exp": issued + LIFETIME_SECONDS}
         if instance_service_id is not None:
             claims["instance_service_id"] = instance_service_id
-        token = jwt.encode(claims, self.private_key, algorithm="ES256", headers={"kid": self.kid})
+        token = jwt.encode(claims, self.private_key, algorithm="ES256", headers={"kid": self.kid, "typ": ASSERTION_TYPE})
         self._cache[key] = (token, float(issued + LIFETIME_SECONDS))
         return token

@@ -33,6 +33,7 @@ from gateway.proxy.upstream_auth import UpstreamAuth
 from gateway.redis_link import RedisLink
 from gateway.settings import Settings
 from gateway.snapshot import Snapshot, SnapshotUnusable
+from gateway.webhooks import COURIER, WebhookCourier
 from routing.loader import ProxyState, Rows, StateLoader
 
 
@@ -82,7 +83,8 @@ def upstream_session(settings: Settings) -> aiohttp.ClientSession:
         # its whole exchange, so connections in use per host stay within that; the idle ones are
         # reused or closed after keepalive_timeout. The only other calls are OAuth2 token
         # requests, one at a time per installation (gateway.proxy.upstream_auth), each made by a
-        # proxied call that holds a slot: they are bounded by the slots too.
+        # proxied call that holds a slot: they are bounded by the slots too. Webhook deliveries
+        # are bounded by their courier's own slots (gateway.webhooks: per host and in all).
         limit=0,
         limit_per_host=0,
         resolver=PublicOnlyResolver(allow_private=settings.allow_private_upstreams),
@@ -149,6 +151,8 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
                           allow_private=settings.allow_private_upstreams)
     tasks = [asyncio.create_task(loader.run()), asyncio.create_task(callers.run()),
              asyncio.create_task(prober.run()), asyncio.create_task(touches.run())]
+    courier = app[COURIER] = WebhookCourier.from_settings(app[DB], session, app[SIGNER], settings)
+    tasks.append(asyncio.create_task(courier.run()))
     if snapshot is not None:
         tasks.append(asyncio.create_task(_restore_when_unreachable(app[DB], loader, callers, snapshot)))
     if redis_link.configured:
@@ -159,6 +163,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     await prober.close()
+    await courier.close()
     await touches.flush()
     await callers.flush_last_used()
     if redis_link.configured:
