@@ -14,5 +14,6 @@ from gateway.api import (  # noqa: F401  (imported for their @endpoint registrat
     instances,
     instance_services,
     assignments,
+    webhooks,
     openapi,
 )
