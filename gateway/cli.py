@@ -1,4 +1,4 @@
-"""The `gateway` command: migrate, serve, demo, create-token."""
+"""The `gateway` command: migrate, serve, demo, create-token, rotate-keys, routes, audit verify."""
 
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def _routes(args: argparse.Namespace, settings: Settings) -> int:
     return print_routes(settings)
 
 
+def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.audit import verify
+
+    settings.require("migrate_database_url")
+    return verify(settings, space_id=args.space, marketplace=args.marketplace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="Plugin Gateway: registry API and plugin proxy.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -106,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     routes = commands.add_parser("routes", help="print the live route table, as a gateway would build it now")
     routes.set_defaults(run=_routes)
+
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="AUDIT_COMMAND")
+    verify = audit_commands.add_parser(
+        "verify", help="recompute the audit log's hash chains (as GATEWAY_MIGRATE_DATABASE_URL): exit 0 with the "
+                       "rows checked, 1 naming the first row that does not match")
+    which = verify.add_mutually_exclusive_group()
+    which.add_argument("--space", type=UUID, metavar="ID", help="only this space's chain (default: every chain)")
+    which.add_argument("--marketplace", action="store_true", help="only the marketplace's chain")
+    verify.set_defaults(run=_audit_verify)
 
     token = commands.add_parser("create-token", help="print a development JWT for a user (HS256)")
     token.add_argument("user_id", type=UUID, help="the users.id the token names")

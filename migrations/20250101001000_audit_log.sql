@@ -26,9 +26,9 @@
 -- the trigger fires as the writer (gateway_app under row-level security), which may not see the
 -- parent row that names a child's space, nor other spaces' chains.
 --
--- Bookkeeping (not a change: no audit row): installation_count, last_used, last_used_at,
--- last_health_check, health_status, updated_at, and last_seen (a discovery sync seeing a service
--- again). That such updates keep updated_at is migration 20250101001100's set_updated_at().
+-- Bookkeeping (not a change: no audit row), as the contract lists it: installation_count,
+-- last_used, last_used_at, last_health_check, health_status, updated_at. That such updates keep
+-- updated_at is migration 20250101001100's set_updated_at(), with the same list.
 
 DO $$
 BEGIN
@@ -230,7 +230,7 @@ CREATE FUNCTION public.audit_record() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     bookkeeping text[] := ARRAY['updated_at', 'installation_count', 'last_used', 'last_used_at',
-                                'last_health_check', 'health_status', 'last_seen'];
+                                'last_health_check', 'health_status'];
     old_row jsonb;
     new_row jsonb;
     r jsonb;
@@ -339,7 +339,11 @@ CREATE TRIGGER trg_audit_chain_heads_no_truncate BEFORE TRUNCATE ON public.audit
 -- NULLs. `only_space` NULL: every chain; `marketplace` true: the marketplace chain only.
 CREATE FUNCTION public.audit_verify(only_space uuid DEFAULT NULL, marketplace boolean DEFAULT false)
 RETURNS TABLE (checked bigint, chains bigint, failed_id bigint, problem text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET work_mem = '256MB' AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp SET work_mem = '256MB' AS $$
+#variable_conflict use_column
+BEGIN
+    -- PL/pgSQL: planned with the arguments' values, so one space's chain is read by its index.
+    RETURN QUERY
     WITH hashed AS (
         -- The expensive part (the hashes) in a scan of its own, which may run in parallel.
         SELECT count(*) AS checked, min(a.id) FILTER (WHERE a.hash <> public.audit_row_hash(a)) AS bad
@@ -396,7 +400,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_te
            (SELECT count(*) FROM ends),
            p.id, p.problem
     FROM (SELECT 1) one
-    LEFT JOIN LATERAL (SELECT * FROM problems ORDER BY id LIMIT 1) p ON true
+    LEFT JOIN LATERAL (SELECT * FROM problems ORDER BY id LIMIT 1) p ON true;
+END;
 $$;
 
 -- Privileges of the auditor: what its functions read and write, nothing more. Row-level security
