@@ -80,3 +80,41 @@ def page(rows: list[dict[str, Any]], request: PageRequest, *, sort_key: str = "c
     # as the epoch: the queries order by COALESCE(column, 'epoch') so that the cursor holds too.
     next_cursor = encode_cursor(items[-1][sort_key] or EPOCH, items[-1]["id"]) if more else None
     return {"items": items, "next_cursor": next_cursor}
+
+
+@dataclass(frozen=True, slots=True)
+class IdPageRequest:
+    """Newest first by a bigint id (the audit log): the next page holds the rows below `before`."""
+
+    limit: int = DEFAULT_LIMIT
+    before: int | None = None
+
+
+BIGINT_MAX = 2**63 - 1
+
+
+def encode_id_cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([row_id])).rstrip(b"=").decode()
+
+
+def decode_id_cursor(cursor: str) -> int:
+    """The id a cursor of `encode_id_cursor` holds; anything else is Invalid("cursor")."""
+    try:
+        value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not (isinstance(value, list) and len(value) == 1 and type(value[0]) is int and 1 <= value[0] <= BIGINT_MAX):
+            raise ValueError("not a list of one id")
+        return int(value[0])
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise Invalid("cursor", "is not a cursor this API issued") from None
+
+
+def id_page_request(limit: int | None, cursor: str | None) -> IdPageRequest:
+    base = page_request(limit, None)
+    return IdPageRequest(base.limit, decode_id_cursor(cursor) if cursor else None)
+
+
+def id_page(rows: list[dict[str, Any]], request: IdPageRequest) -> dict[str, Any]:
+    """`{"items", "next_cursor"}` from the limit+1 rows a newest-first query fetched."""
+    items = rows[: request.limit]
+    more = len(rows) > request.limit
+    return {"items": items, "next_cursor": encode_id_cursor(items[-1]["id"]) if more else None}

@@ -14,6 +14,7 @@ from gateway.api import (  # noqa: F401  (imported for their @endpoint registrat
     instances,
     instance_services,
     assignments,
+    audit_log,
     webhooks,
     openapi,
 )
