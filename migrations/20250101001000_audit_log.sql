@@ -69,16 +69,17 @@ CREATE TABLE public.audit_chain_heads (
 );
 
 -- The canonical content of a row and its hash: the fields in column order, separated by '|', each
--- as an SQL literal (quote_literal: NULL is NULL, text quoted and escaped, so the form reads back
--- unambiguously) of its text form, which no session setting changes: the id, occurred_at as epoch
--- seconds (numeric, to the microsecond: no TimeZone or DateStyle in it), UUIDs, text[], and jsonb
--- (deterministic: keys sorted, numbers normalized). hash = sha256(prev_hash || UTF-8 of that).
--- A SQL-standard body is bound when created: no caller's search_path reaches it; it is inlined
--- into the verifier's scan. (format() is twice as fast as a jsonb array of the same fields.)
+-- in a text form no session setting changes: the id; occurred_at as epoch seconds (numeric, to the
+-- microsecond: no TimeZone or DateStyle in it); the UUIDs and texts as SQL literals (quote_literal:
+-- NULL is NULL, text quoted and escaped); changed_fields, old_values and new_values as they print
+-- (an array's and jsonb's text form delimit themselves and are never empty, so NULL prints as
+-- nothing; jsonb's form is deterministic: keys sorted, numbers normalized). The form reads back
+-- unambiguously. hash = sha256(prev_hash || UTF-8 of that). A SQL-standard body is bound when
+-- created, so no caller's search_path reaches it; it is inlined into the verifier's scan.
 CREATE FUNCTION public.audit_row_hash(a public.audit_log) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN pg_catalog.sha256(a.prev_hash || pg_catalog.convert_to(pg_catalog.format(
-    '%s|%s|%L|%L|%L|%L|%L|%L|%L|%L|%L|%L',
+    '%s|%s|%L|%L|%L|%L|%L|%L|%L|%s|%s|%s',
     a.id, EXTRACT(EPOCH FROM a.occurred_at), a.space_id, a.actor_user_id, a.actor_api_key_id, a.request_id,
     a.action, a.table_name, a.row_id, a.changed_fields, a.old_values, a.new_values), 'UTF8'));
 
