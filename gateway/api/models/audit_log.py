@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 from gateway.api.fields import ResponseModel
 from gateway.api.models.common import ListQuery, page_of
@@ -29,7 +29,20 @@ def _storable(at: datetime) -> datetime:
     return utc
 
 
-Moment = Annotated[AwareDatetime, AfterValidator(_storable)]
+def _rfc3339(value: object) -> object:
+    """Only an RFC 3339 date-time, as the document says: pydantic alone would also take a number
+    (`until=0.5`) as seconds since the epoch."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be an RFC 3339 date-time with a UTC offset") from None
+    if not isinstance(value, datetime):
+        raise ValueError("must be an RFC 3339 date-time with a UTC offset")
+    return value
+
+
+Moment = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_storable)]
 
 
 class AuditLogQuery(ListQuery):
