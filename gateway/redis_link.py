@@ -4,7 +4,15 @@ Recovery is automatic: the first call after the pause that succeeds closes the b
 
 A refused or broken connection also closes every idle pooled connection: after Redis restarts,
 all of them lead to the old server, and each would otherwise fail on its first use in turn (one
-pause per stale connection, seconds after Redis is back). They reconnect when next used."""
+pause per stale connection, seconds after Redis is back). They reconnect when next used.
+
+The URL (gateway/redis_urls.py) picks the client, each redis-py's own: one server
+(`redis.asyncio.Redis` over a blocking pool), Redis Sentinel (`Sentinel(...).master_for`, over
+the same blocking pool, which asks the sentinels for the primary's address whenever it
+connects), or Redis Cluster (`RedisCluster`, which follows MOVED and ASK itself). The same
+bounds for each: MAX_CONNECTIONS (per node for a cluster, where calls wait for a turn instead of
+failing with MaxConnectionsError), no retries (the pause is ours), redis-py's timeouts only the
+outer bound."""
 
 from __future__ import annotations
 
@@ -14,14 +22,19 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import metrics
+from gateway.redis_urls import RedisTarget, parse_redis_url
 
 log = logging.getLogger("gateway.redis")
 
@@ -137,41 +150,90 @@ async def answer_within(timeout: float) -> AsyncIterator[None]:
         lag.release()
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool (each new connection asks the sentinels where the primary is, and a
+    changed primary closes the idle connections), blocking like the one-server pool."""
+
+
+# A client of either kind: redis.Redis (one server, or the primary Sentinel names) or RedisCluster.
+# Both take the commands, pipelines and scripts the gateway sends (their stubs differ in details).
+Client = Any
+
+
 class RedisLink:
     def __init__(self, url: str, timeout: float) -> None:
         self.timeout = timeout
-        self.client: redis.Redis | None = None
+        self.client: Client | None = None
+        self.target: RedisTarget | None = None
+        self._sentinel: Sentinel | None = None
+        # Cluster only: a call waits for a turn, at most MAX_CONNECTIONS in flight (RedisCluster
+        # raises MaxConnectionsError instead of waiting; a call takes one connection per node).
+        self._turns: asyncio.Semaphore | None = None
         if url:
-            # A blocking pool: under a burst, calls wait (within the timeout) for a connection
-            # instead of failing with MaxConnectionsError and tripping the fallback.
-            # redis-py's own timeouts count wall time, busy loop included: they are only the
-            # outer bound; each call's deadline is answer_within's.
-            outer = max(5.0, timeout * (1 + MAX_LAG_EXTENSIONS))
-            pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=MAX_CONNECTIONS, timeout=outer, socket_timeout=outer,
-                socket_connect_timeout=outer, health_check_interval=0)
-            # No retries: with no `retry`, from_url's connections get Retry(NoBackoff(), 0) (a
-            # Redis given a pool ignores its own `retry` argument).
-            self.client = redis.Redis(connection_pool=pool)
+            self.target = parse_redis_url(url)  # gateway/settings.py has said why, if it fails
+            self.client = self._build(self.target, url, timeout)
         self._paused_until = 0.0
         self._failures = 0  # in a row
         self.healthy = self.client is not None
+
+    def _build(self, target: RedisTarget, url: str, timeout: float) -> Client:
+        # redis-py's own timeouts count wall time, busy loop included: they are only the outer
+        # bound; each call's deadline is answer_within's.
+        outer = max(5.0, timeout * (1 + MAX_LAG_EXTENSIONS))
+        timeouts: dict[str, Any] = {"socket_timeout": outer, "socket_connect_timeout": outer}
+        if target.kind == "single":
+            # A blocking pool: under a burst, calls wait (within the timeout) for a connection
+            # instead of failing with MaxConnectionsError and tripping the fallback.
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=MAX_CONNECTIONS, timeout=outer, health_check_interval=0, **timeouts)
+            # No retries: with no `retry`, from_url's connections get Retry(NoBackoff(), 0) (a
+            # Redis given a pool ignores its own `retry` argument).
+            return redis.Redis(connection_pool=pool)
+        tls: dict[str, Any] = {"ssl": True, **target.options} if target.tls else {}
+        if target.kind == "sentinel":
+            # The sentinels, asked in turn, none retried: redis.Redis retries 3 times by default,
+            # with a backoff that would outlast every call while one sentinel is down.
+            self._sentinel = Sentinel(
+                target.hosts, sentinel_kwargs={**timeouts, **tls, "password": target.sentinel_password,
+                                               "retry": Retry(NoBackoff(), 0)})
+            # The primary's connections: no `retry` given, so none (Retry(NoBackoff(), 0)).
+            return self._sentinel.master_for(
+                target.master, connection_pool_class=_BlockingSentinelPool, max_connections=MAX_CONNECTIONS,
+                timeout=outer, health_check_interval=0, db=target.db, username=target.username,
+                password=target.password, **timeouts, **tls)
+        self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
+        # No retries of a failed command (MOVED and ASK are followed all the same: redirections
+        # are not retries), and each node's connections are made with none either.
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            max_connections=MAX_CONNECTIONS, retry=Retry(NoBackoff(), 0), health_check_interval=0,
+            username=target.username, password=target.password, **timeouts, **tls)
 
     @property
     def configured(self) -> bool:
         return self.client is not None
 
+    @property
+    def cluster(self) -> bool:
+        """A Redis Cluster: the keys of one script or transaction must share a slot (a hash tag)."""
+        return self.target is not None and self.target.kind == "cluster"
+
     def usable(self) -> bool:
         return self.client is not None and time.monotonic() >= self._paused_until
 
-    async def call(self, operation: Callable[[redis.Redis], Awaitable[T]]) -> T:
+    async def call(self, operation: Callable[[Client], Awaitable[T]]) -> T:
         if not self.usable():
             raise RedisUnavailable("redis is paused after a failure" if self.client else "redis is not configured")
         assert self.client is not None
         try:
             async with answer_within(self.timeout):
-                result = await operation(self.client)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                if self._turns is None:
+                    result = await operation(self.client)
+                else:
+                    async with self._turns:
+                        result = await operation(self.client)
+        # RedisClusterException: not a RedisError (no node answers, a slot not covered, ...).
+        except (RedisError, RedisClusterException, OSError, asyncio.TimeoutError) as exc:
             self._failures += 1
             timed_out = isinstance(exc, (asyncio.TimeoutError, RedisTimeoutError))
             # A refused or broken connection means Redis is gone: pause at once. A single slow
@@ -182,7 +244,7 @@ class RedisLink:
             if self.healthy:
                 log.warning("redis call failed (%s.%s); falling back for %.0f s", type(exc).__module__, type(exc).__name__, PAUSE_AFTER_FAILURE)
             self.healthy = False
-            if not timed_out and isinstance(exc, (RedisConnectionError, OSError)):
+            if not timed_out and isinstance(exc, (RedisConnectionError, RedisClusterException, OSError)):
                 await self._drop_idle_connections()
             raise RedisUnavailable(type(exc).__name__) from exc
         self._failures = 0
@@ -197,14 +259,30 @@ class RedisLink:
         One at a time and only while still idle, with no await between the check and the close
         (`nowait`), so a connection another call has just taken is never closed under it:
         `ConnectionPool.disconnect(inuse_connections=False)` closes a snapshot in tasks of its
-        own, by when some of them may be in use."""
+        own, by when some of them may be in use.
+
+        A cluster keeps the idle connections per node (`ClusterNode._free`), each closed the same
+        way; Sentinel's pool is a ConnectionPool like the one server's."""
         assert self.client is not None
+        if isinstance(self.client, RedisCluster):
+            for node in self.client.get_nodes():
+                idle = getattr(node, "_free", None)
+                if idle is None:  # another redis-py: the node's own method
+                    with contextlib.suppress(Exception):
+                        await node.disconnect_free_connections()
+                else:
+                    await self._close_idle(idle)
+            return
         pool = self.client.connection_pool
         idle = getattr(pool, "_available_connections", None)
         if idle is None:  # another redis-py: its own method, which is close enough
             with contextlib.suppress(Exception):
                 await pool.disconnect(inuse_connections=False)
             return
+        await self._close_idle(idle)
+
+    @staticmethod
+    async def _close_idle(idle: Any) -> None:
         for connection in list(idle):
             if connection in idle and connection.is_connected:
                 with contextlib.suppress(Exception):  # best effort: it reconnects when used
@@ -218,5 +296,9 @@ class RedisLink:
         return True
 
     async def close(self) -> None:
-        if self.client is not None:
+        if isinstance(self.client, RedisCluster):
+            await self.client.aclose()
+        elif self.client is not None:
             await self.client.aclose(close_connection_pool=True)
+        if self._sentinel is not None:
+            await self._sentinel.aclose()

@@ -110,6 +110,20 @@ def _schedule(env: Mapping[str, str], key: str, default: tuple[float, ...]) -> t
     return tuple(delays)
 
 
+def _redis_url(env: Mapping[str, str], key: str, default: str = "") -> str:
+    """A Redis URL in one of the forms gateway/redis_urls.py reads (plain, Sentinel, Cluster);
+    the sentence of a malformed one names the variable and never repeats the URL (a password)."""
+    from gateway.redis_urls import parse_redis_url  # redis-py: imported only where a URL is read
+
+    value = (env.get(key) or "").strip() or default
+    if value:
+        try:
+            parse_redis_url(value)
+        except ValueError as exc:
+            raise ConfigError(f"Config '{key}' {exc}") from None
+    return value
+
+
 _ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -179,7 +193,7 @@ class Settings:
         env: dict[str, str] = _read_dotenv(dotenv or Path(".env"))
         env.update(os.environ if environ is None else environ)
         host = env.get("GATEWAY_HOST") or "127.0.0.1"
-        redis_url = env.get("REDIS_URL", "")
+        redis_url = _redis_url(env, "REDIS_URL")
         failure = env.get("GATEWAY_RATE_LIMIT_FAILURE") or "local"
         if failure not in ("local", "open", "closed"):
             raise ConfigError("Config 'GATEWAY_RATE_LIMIT_FAILURE' must be local, open or closed")
@@ -229,7 +243,7 @@ class Settings:
             auth_failures_per_minute=_integer(env, "GATEWAY_AUTH_FAILURES_PER_MINUTE", 60, minimum=1),
             caller_cache_ttl=_number(env, "GATEWAY_CALLER_CACHE_TTL", 60.0, minimum=0.001),
             cache_max_ttl=_integer(env, "GATEWAY_CACHE_MAX_TTL", 86400, minimum=1),
-            cache_redis_url=env.get("GATEWAY_CACHE_REDIS_URL") or redis_url,
+            cache_redis_url=_redis_url(env, "GATEWAY_CACHE_REDIS_URL", redis_url),
             webhook_retry_schedule=_schedule(env, "GATEWAY_WEBHOOK_RETRY_SCHEDULE", DEFAULT_WEBHOOK_RETRY_SCHEDULE),
             webhook_timeout=_number(env, "GATEWAY_WEBHOOK_TIMEOUT", 10.0, minimum=0.001),
         )
