@@ -13,6 +13,11 @@ across nodes with a short Redis lock (`pgw:cl:<key>`) whose losers poll for the 
 Which node holds such a lock is this node's own business first: a lock whose release failed
 (Redis paused or gone) is remembered and released on a later miss, and this node never waits for
 a lock it took itself.
+
+On a Redis Cluster every operation but two touches one key. Those two are split by slot: the
+release of many locks (one script per slot, the keys of one script sharing its slot, all in one
+non-transactional pipeline that redis-py splits by node) and a purge (SCAN on every primary;
+redis-py's UNLINK of many keys is one command per slot).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
-from gateway.redis_link import RedisLink, RedisUnavailable
+from gateway.redis_link import Client, RedisLink, RedisUnavailable
 from gateway.settings import Settings
 from routing.table import Route
 
@@ -373,17 +381,19 @@ class ResponseCache:
         dropped = self._drop_local(prefix)
         if not self._link.configured:
             return len(dropped)
-        cursor = 0
-        while True:
-            # call() runs each operation once, at once: the lambdas read this turn's cursor and names.
-            cursor, names = await self._link.call(
-                lambda r: r.scan(cursor, match=f"{ENTRY_PREFIX}{prefix}*", count=1000))
-            if names:
-                await self._link.call(lambda r: r.unlink(*names))
-                dropped.update((name.decode() if isinstance(name, bytes) else name)[len(ENTRY_PREFIX):]
-                               for name in names)
-            if cursor == 0:
-                return len(dropped)
+        pattern = f"{ENTRY_PREFIX}{prefix}*"
+        for node in await self._link.call(_scan_targets):
+            cursor = 0
+            while True:
+                # call() runs each operation once, at once: the lambdas read this turn's cursor and names.
+                cursor, names = await self._link.call(lambda r: _scan(r, node, cursor, pattern))
+                if names:
+                    await self._link.call(lambda r: r.unlink(*names))
+                    dropped.update((name.decode() if isinstance(name, bytes) else name)[len(ENTRY_PREFIX):]
+                                   for name in names)
+                if cursor == 0:
+                    break
+        return len(dropped)
 
     # -- single flight ------------------------------------------------------------------------
 
@@ -510,9 +520,39 @@ class ResponseCache:
             names = [LOCK_PREFIX + key for key, _ in batch]
             tokens = [token for _, (token, _) in batch]
             try:
-                await self._link.call(lambda r: r.eval(_RELEASE_MANY, len(names), *names, *tokens))
+                await self._link.call(lambda r: self._release_many(r, names, tokens))
             except RedisUnavailable:
                 return
             for key, held in batch:
                 if self._unreleased.get(key) == held:  # not replaced meanwhile
                     del self._unreleased[key]
+
+    async def _release_many(self, r: Client, names: list[str], tokens: list[str]) -> None:
+        if not self._link.cluster:
+            await r.eval(_RELEASE_MANY, len(names), *names, *tokens)
+            return
+        by_slot: dict[int, tuple[list[str], list[str]]] = {}
+        for name, token in zip(names, tokens, strict=True):
+            keys, values = by_slot.setdefault(key_slot(name.encode()), ([], []))
+            keys.append(name)
+            values.append(token)
+        pipe = r.pipeline(transaction=False)
+        for keys, values in by_slot.values():
+            pipe.eval(_RELEASE_MANY, len(keys), *keys, *values)
+        await pipe.execute()
+
+
+async def _scan_targets(r: Client) -> list[Any]:
+    """What a purge scans: the one server (None), or every primary of a cluster."""
+    if not isinstance(r, RedisCluster):
+        return [None]
+    await r.initialize()  # a no-op once the cluster's nodes are known
+    return list(r.get_primaries())
+
+
+async def _scan(r: Client, node: Any, cursor: int, match: str) -> tuple[int, list[bytes]]:
+    if node is None:
+        found: tuple[int, list[bytes]] = await r.scan(cursor, match=match, count=1000)
+        return found
+    cursors, names = await r.scan(cursor, match=match, count=1000, target_nodes=node)
+    return int(cursors[node.name]), names

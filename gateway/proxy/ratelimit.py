@@ -131,11 +131,22 @@ class _IncrBatcher:
 
     async def _send(self, batch: list[tuple[str, int, asyncio.Future[int]]]) -> None:
         async def run(r: redis.Redis) -> list[int]:
-            try:
-                return await self._pipeline(r, batch)
-            except NoScriptError:
+            counts = await self._pipeline(r, batch)
+            # NOSCRIPT from a server that lost the script (restarted, SCRIPT FLUSH; in a cluster,
+            # a node that took over a slot): load it (on every primary of a cluster) and send
+            # again only what was refused, since the rest has counted already, maybe on
+            # another node.
+            refused = [i for i, count in enumerate(counts) if isinstance(count, NoScriptError)]
+            if refused:
                 await r.script_load(_INCR_SCRIPT)
-                return await self._pipeline(r, batch)
+                for i, count in zip(refused, await self._pipeline(r, [batch[i] for i in refused]), strict=True):
+                    counts[i] = count
+            answered = []
+            for count in counts:
+                if isinstance(count, BaseException):
+                    raise count
+                answered.append(int(count))
+            return answered
 
         try:
             counts = await self.link.call(run)
@@ -148,11 +159,15 @@ class _IncrBatcher:
             if not future.done():
                 future.set_result(int(count))
 
-    async def _pipeline(self, r: redis.Redis, batch: list[tuple[str, int, asyncio.Future[int]]]) -> list[int]:
+    async def _pipeline(self, r: redis.Redis,
+                        batch: list[tuple[str, int, asyncio.Future[int]]]) -> list[int | BaseException]:
+        """The counts, or each command's error. Not a transaction: in a cluster the keys are
+        on several nodes, and redis-py's cluster pipeline splits the batch by node (one round
+        trip to each) and follows MOVED and ASK for the commands that get them."""
         pipe = r.pipeline(transaction=False)
         for key, ttl, _ in batch:
             pipe.evalsha(self.sha, 1, key, ttl)
-        result: list[int] = await pipe.execute()  # the script's counts
+        result: list[int | BaseException] = await pipe.execute(raise_on_error=False)
         return result
 
 
@@ -213,6 +228,7 @@ class RateLimiter:
         now = self.clock()
 
         async def announce(r: redis.Redis) -> list[int]:  # counts, and EXPIRE's bool
+            # A transaction on one key: one slot, so a cluster runs it too.
             pipe = r.pipeline(transaction=True)
             pipe.zadd(NODES_KEY, {self.node_id: now})
             pipe.zremrangebyscore(NODES_KEY, "-inf", f"({now - 3 * interval}")
