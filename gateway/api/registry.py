@@ -159,6 +159,12 @@ async def read_body(request: web.Request, adapter: TypeAdapter[Any]) -> Any:
 
 def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
     known = {name: request.query[name] for name in model.model_fields if name in request.query}
+    # PostgreSQL's text cannot hold NUL (a query with one would fail in the database): refused as
+    # in bodies, naming the parameter.
+    nul = [{"field": name, "message": "must not contain NUL characters"} for name, value in known.items()
+           if "\x00" in value]
+    if nul:
+        raise ValidationFailed(nul)
     try:
         return model.model_validate(known)
     except ValidationError as exc:
