@@ -44,6 +44,19 @@ end
 return count
 """
 
+# The live-node set in one step: this node's beat, the nodes silent for 3 intervals dropped, the
+# count of the rest, and an expiry so the set goes away on its own once every node is gone. A
+# script on one key rather than a MULTI/EXEC pipeline: the same on one server, Sentinel and
+# Cluster (redis-py's asyncio cluster transaction runs each queued command through a thread and
+# an event loop of its own, where its first use leaves connections bound to a loop that ends).
+_BEAT_SCRIPT: Final = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local live = redis.call('ZCARD', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return live
+"""
+
 
 class RateLimitUnavailable(Exception):
     """Redis is down and GATEWAY_RATE_LIMIT_FAILURE=closed: answer 503 with Retry-After."""
@@ -166,7 +179,9 @@ class _IncrBatcher:
         trip to each) and follows MOVED and ASK for the commands that get them."""
         pipe = r.pipeline(transaction=False)
         for key, ttl, _ in batch:
-            pipe.evalsha(self.sha, 1, key, ttl)
+            # Not pipe.evalsha(): redis-py's cluster pipeline refuses that method (and only the
+            # method: the command's key is found like EVAL's).
+            pipe.execute_command("EVALSHA", self.sha, 1, key, ttl)
         result: list[int | BaseException] = await pipe.execute(raise_on_error=False)
         return result
 
@@ -227,21 +242,16 @@ class RateLimiter:
             return self.live_nodes
         now = self.clock()
 
-        async def announce(r: redis.Redis) -> list[int]:  # counts, and EXPIRE's bool
-            # A transaction on one key: one slot, so a cluster runs it too.
-            pipe = r.pipeline(transaction=True)
-            pipe.zadd(NODES_KEY, {self.node_id: now})
-            pipe.zremrangebyscore(NODES_KEY, "-inf", f"({now - 3 * interval}")
-            pipe.zcard(NODES_KEY)
-            # The set goes away on its own once every node is gone.
-            pipe.expire(NODES_KEY, max(1, math.ceil(3 * interval)))
-            return await pipe.execute()
+        async def announce(r: redis.Redis) -> int:
+            live: int = await r.eval(_BEAT_SCRIPT, 1, NODES_KEY, repr(now), self.node_id,
+                                     repr(now - 3 * interval), max(1, math.ceil(3 * interval)))
+            return live
 
         try:
-            results = await self.link.call(announce)
+            live = await self.link.call(announce)
         except RedisUnavailable:
             return self.live_nodes
-        self.live_nodes = max(1, int(results[2]))
+        self.live_nodes = max(1, int(live))
         return self.live_nodes
 
     async def run_heartbeat(self, interval: float = 5.0) -> None:
