@@ -9,7 +9,8 @@ pause per stale connection, seconds after Redis is back). They reconnect when ne
 The URL (gateway/redis_urls.py) picks the client, each redis-py's own: one server
 (`redis.asyncio.Redis` over a blocking pool), Redis Sentinel (`Sentinel(...).master_for`, over
 the same blocking pool, which asks the sentinels for the primary's address whenever it
-connects), or Redis Cluster (`RedisCluster`, which follows MOVED and ASK itself). The same
+connects), or Redis Cluster (`RedisCluster`, which follows MOVED and ASK itself; its idle
+connections taken newest first, without which an ASK is not followed: _NewestFirst). The same
 bounds for each: MAX_CONNECTIONS (per node for a cluster, where calls wait for a turn instead of
 failing with MaxConnectionsError), no retries (the pause is ours), redis-py's timeouts only the
 outer bound."""
@@ -17,6 +18,7 @@ outer bound."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -150,6 +152,45 @@ async def answer_within(timeout: float) -> AsyncIterator[None]:
         lag.release()
 
 
+class _NewestFirst(collections.deque[Any]):
+    """A cluster node's idle connections, the most recently released taken first.
+
+    redis-py (8.1) follows an ASK redirection with two pooled commands on the new node, ASKING
+    and then the command. Taken oldest first (`ClusterNode.acquire_connection` pops the left end,
+    `release` appends to the right), the command goes out on another connection than the ASKING
+    whenever the node has two idle ones: the node answers MOVED (back to the slot's old owner,
+    which answers ASK again) until "TTL exhausted", so every call on a key of a migrating slot
+    failed. Newest first, the command gets the connection the ASKING has just returned (no await
+    between the two)."""
+
+    def popleft(self) -> Any:
+        return self.pop()
+
+
+class _Cluster(RedisCluster):
+    """redis-py's RedisCluster with two changes:
+
+    - its nodes' idle connections are taken newest first (_NewestFirst);
+    - a command waits for the cluster's nodes to be known (`initialize`) before it is routed:
+      redis-py (8.1) picks a command's routing before it initializes, and commands issued
+      together on a new client (a gateway's first burst, or the first after a failure) were
+      sent as keyless ones, some failing with "Connection closed by server"."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+    async def initialize(self, additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+                         last_failed_node_name: str | None = None) -> RedisCluster:
+        await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+        for node in self.nodes_manager.nodes_cache.values():
+            idle = getattr(node, "_free", None)
+            if isinstance(idle, collections.deque) and not isinstance(idle, _NewestFirst):
+                node._free = _NewestFirst(idle, maxlen=idle.maxlen)
+        return self
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
     """Sentinel's pool (each new connection asks the sentinels where the primary is, and a
     changed primary closes the idle connections), blocking like the one-server pool."""
@@ -204,7 +245,7 @@ class RedisLink:
         self._turns = asyncio.Semaphore(MAX_CONNECTIONS)
         # No retries of a failed command (MOVED and ASK are followed all the same: redirections
         # are not retries), and each node's connections are made with none either.
-        return RedisCluster(
+        return _Cluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
             max_connections=MAX_CONNECTIONS, retry=Retry(NoBackoff(), 0), health_check_interval=0,
             username=target.username, password=target.password, **timeouts, **tls)
