@@ -10,14 +10,14 @@
 --   secrets reduced to their names; bookkeeping columns are left out, and an update of only those
 --   writes nothing.
 -- * public.audit_append() adds the row to its hash chain: one per space, one for the marketplace
---   (space_id NULL). The chain's head row (audit_chain_heads) is locked first (FOR UPDATE; created
---   by INSERT ... ON CONFLICT DO NOTHING for a new chain), so writers of one chain take turns until
---   they commit, and the id (taken after the lock) increases along each chain. prev_hash is the
---   hash of the chain's last row; hash = sha256(prev_hash || canonical content), computed by
---   public.audit_row_hash(), which the verifier uses too. The first row of a chain has prev_hash =
---   32 zero bytes. The head records the chain's last row (id and hash) at commit, once per chain
---   and transaction (a deferred trigger): updated for every row, the head would pile up row
---   versions that each later lookup in the transaction walks, quadratic in the rows written.
+--   (space_id NULL). The chain's lock (a transaction-level advisory lock) is taken first, so
+--   writers of one chain take turns until they commit, and the id (taken after the lock)
+--   increases along each chain. prev_hash is the hash of the chain's last row; hash =
+--   sha256(prev_hash || canonical content), computed by public.audit_row_hash(), which the
+--   verifier uses too. The first row of a chain has prev_hash = 32 zero bytes. The chain's head
+--   (audit_chain_heads) records its last row (id and hash) at commit, once per chain and
+--   transaction (a deferred trigger): updated for every row, the head would pile up row versions
+--   that each later lookup in the transaction walks, quadratic in the rows written.
 -- * Append-only: UPDATE, DELETE and TRUNCATE of audit_log are refused by triggers, for every role
 --   (the owner's too); row-level security lets only gateway_auditor insert.
 -- * public.audit_verify() (`gateway audit verify`) recomputes every chain in one pass.
@@ -60,12 +60,12 @@ CREATE TABLE public.audit_log (
 CREATE INDEX idx_audit_log_space ON public.audit_log (space_id, id) INCLUDE (prev_hash, hash);
 CREATE INDEX idx_audit_log_row ON public.audit_log (row_id, id);
 
--- One row per chain: its lock, and its last row as of the last commit. A chain cut short at its
--- end still links correctly; its head says where it ended.
+-- One row per chain: its last row as of the last commit. A chain cut short at its end still links
+-- correctly; its head says where it ended.
 CREATE TABLE public.audit_chain_heads (
     chain TEXT PRIMARY KEY,             -- the space's id, or 'marketplace'
     space_id UUID,
-    last_id BIGINT NOT NULL,            -- 0 and 32 zero bytes: no row committed yet
+    last_id BIGINT NOT NULL,
     last_hash BYTEA NOT NULL
 );
 
@@ -86,21 +86,28 @@ RETURN pg_catalog.sha256(a.prev_hash || pg_catalog.convert_to(pg_catalog.format(
 
 -- A sealed credentials value, reduced to what may be shown: the names the envelope lists
 -- (db/encryption.py keeps them readable), the names of a plain object (a row the host platform
--- wrote without sealing), or only that something is set.
+-- wrote without sealing), or only that something is set. PL/pgSQL, as audit_redact: called from
+-- the trigger, a SQL function that cannot be inlined would be planned anew in every transaction.
+-- (Neither needs a fixed search_path: they run with the privileges of their caller, the trigger,
+-- whose path is fixed, and name only pg_catalog's functions, which are found first anyway.)
 CREATE FUNCTION public.audit_secret_names(v jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE
-    WHEN v IS NULL OR pg_catalog.jsonb_typeof(v) = 'null' THEN v
-    WHEN pg_catalog.jsonb_typeof(v) = 'object' AND pg_catalog.jsonb_typeof(v -> 'keys') = 'array'
-        AND v ? 'ct' THEN v -> 'keys'
-    WHEN pg_catalog.jsonb_typeof(v) = 'object' AND NOT v ? 'ct'
-        THEN COALESCE((SELECT pg_catalog.jsonb_agg(k ORDER BY k) FROM pg_catalog.jsonb_object_keys(v) AS k), '[]')
-    ELSE '"[set]"'::jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+        RETURN v;
+    ELSIF jsonb_typeof(v) <> 'object' THEN
+        RETURN '"[set]"';
+    ELSIF v ? 'ct' THEN  -- an envelope
+        RETURN CASE WHEN jsonb_typeof(v -> 'keys') = 'array' THEN v -> 'keys' ELSE '"[set]"' END;
+    END IF;
+    RETURN COALESCE((SELECT jsonb_agg(k ORDER BY k) FROM jsonb_object_keys(v) AS k), '[]');
 END;
+$$;
 
--- A row's values as the audit log keeps them: no bookkeeping column, no secret.
+-- A row's values as the audit log keeps them: no bookkeeping column (the trigger removed them), no
+-- secret.
 CREATE FUNCTION public.audit_redact(tbl text, r jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 BEGIN
     IF r IS NULL THEN
         RETURN NULL;
@@ -128,15 +135,13 @@ DECLARE
     head text := COALESCE(p_space::text, 'marketplace');
 BEGIN
     -- The chain's lock, held to the end of this transaction (a no-op once this transaction holds
-    -- it). A new chain's head is created here; two first writers of one chain meet on its primary
-    -- key and take turns as well. In REPEATABLE READ or SERIALIZABLE, a head another transaction
-    -- moved since this one's snapshot fails the lock (could not serialize): no chain forks.
-    PERFORM FROM public.audit_chain_heads h WHERE h.chain = head FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO public.audit_chain_heads (chain, space_id, last_id, last_hash)
-        VALUES (head, p_space, 0, decode(repeat('00', 32), 'hex')) ON CONFLICT (chain) DO NOTHING;
-        PERFORM FROM public.audit_chain_heads h WHERE h.chain = head FOR UPDATE;
-    END IF;
+    -- it): a transaction-level advisory lock, which writes nothing (a row lock on the head would
+    -- cost a WAL record per transaction). Key: (the audit log's class, the chain's name hashed);
+    -- two chains sharing a hash only take turns needlessly. In REPEATABLE READ or SERIALIZABLE a
+    -- snapshot older than the lock may miss the chain's latest rows: then the head, which every
+    -- committing writer of the chain moved, was changed after that snapshot, and moving it at
+    -- commit fails (could not serialize): no chain forks.
+    PERFORM pg_advisory_xact_lock(1096107092, hashtext(head));  -- 1096107092: 'AUDT'
     -- Under the lock, this statement's snapshot holds every row of the chain but this
     -- transaction's own, which it sees anyway.
     IF p_space IS NULL THEN
@@ -164,7 +169,7 @@ END;
 $$;
 
 -- At commit (deferred), for each audit row the transaction wrote: if it is its chain's last row,
--- the head records it. The chain's lock is still held.
+-- the head records it (created with the chain's first row). The chain's lock is still held.
 CREATE FUNCTION public.audit_move_head() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
@@ -176,8 +181,9 @@ BEGIN
         SELECT x.id INTO last_row FROM public.audit_log x WHERE x.space_id = NEW.space_id ORDER BY x.id DESC LIMIT 1;
     END IF;
     IF last_row = NEW.id THEN
-        UPDATE public.audit_chain_heads SET last_id = NEW.id, last_hash = NEW.hash
-        WHERE chain = COALESCE(NEW.space_id::text, 'marketplace');
+        INSERT INTO public.audit_chain_heads AS h (chain, space_id, last_id, last_hash)
+        VALUES (COALESCE(NEW.space_id::text, 'marketplace'), NEW.space_id, NEW.id, NEW.hash)
+        ON CONFLICT (chain) DO UPDATE SET last_id = EXCLUDED.last_id, last_hash = EXCLUDED.last_hash;
     END IF;
     RETURN NULL;
 END;
@@ -290,8 +296,14 @@ BEGIN
                              'service_installations', 'api_keys', 'service_maintainers',
                              'infrastructure_instances', 'instance_services', 'service_management_assignments']
     LOOP
-        EXECUTE format('CREATE TRIGGER trg_%1$s_audit AFTER INSERT OR UPDATE OR DELETE ON public.%1$I
+        EXECUTE format('CREATE TRIGGER trg_%1$s_audit AFTER INSERT OR DELETE ON public.%1$I
                         FOR EACH ROW EXECUTE FUNCTION public.audit_record()', t);
+        -- Bookkeeping-only updates (last-used touches, health verdicts, installation_count) are
+        -- told apart here, without calling the function: the same list as audit_record's.
+        EXECUTE format('CREATE TRIGGER trg_%1$s_audit_update AFTER UPDATE ON public.%1$I FOR EACH ROW
+                        WHEN ((to_jsonb(OLD) - %2$L::text[]) IS DISTINCT FROM (to_jsonb(NEW) - %2$L::text[]))
+                        EXECUTE FUNCTION public.audit_record()', t,
+                       '{updated_at,installation_count,last_used,last_used_at,last_health_check,health_status}');
     END LOOP;
     FOREACH t IN ARRAY ARRAY['service_installations', 'infrastructure_instances', 'instance_services']
     LOOP

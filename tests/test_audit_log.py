@@ -460,6 +460,29 @@ async def test_chains_stay_consistent_under_concurrent_writers(db: asyncpg.Pool,
         assert (head["last_id"], head["last_hash"]) == (rows[-1]["id"], rows[-1]["hash"])
 
 
+async def test_a_repeatable_read_writer_cannot_fork_a_chain(db: asyncpg.Pool, database_url: str,
+                                                            make: Factory) -> None:
+    """A snapshot taken before another writer's commit misses that writer's rows: linking to the
+    chain's end as it saw it would fork the chain. Its commit fails instead (could not serialize)."""
+    space = await make.space()
+    insert = "INSERT INTO infrastructure_instances (space_id, name, type, host) VALUES ($1, 'vm', 'vm', 'h')"
+    await db.execute(insert, space)  # the chain exists
+    late = await asyncpg.connect(database_url)
+    try:
+        transaction = late.transaction(isolation="repeatable_read")
+        await transaction.start()
+        await late.fetchval("SELECT count(*) FROM spaces")  # the snapshot
+        await db.execute(insert, space)  # another writer of the chain commits meanwhile
+        await late.execute(insert, space)
+        with pytest.raises(asyncpg.SerializationError):
+            await transaction.commit()
+    finally:
+        await late.close()
+    async with db.acquire() as conn:
+        verdict = await audit.verify(conn, space_id=space)
+    assert verdict.ok and verdict.checked == 2, verdict
+
+
 async def test_the_hash_is_the_database_s_and_independent_of_session_settings(db: asyncpg.Pool,
                                                                                as_role: asyncpg.Pool,
                                                                                make: Factory) -> None:
