@@ -71,8 +71,27 @@ def postgres_answers(dsn: str, timeout: float = 3.0) -> bool:
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
     import redis
 
+    from gateway.redis_urls import parse_redis_url
+
     if not url:
         return False
+    try:
+        kind = parse_redis_url(url).kind
+    except ValueError:
+        return False
+    if kind != "single":  # Sentinel or Cluster: the gateway's own client says
+        import asyncio
+
+        from gateway.redis_link import RedisLink
+
+        async def probe() -> bool:
+            link = RedisLink(url, timeout)
+            try:
+                return await link.ping()
+            finally:
+                await link.close()
+
+        return asyncio.run(probe())
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
