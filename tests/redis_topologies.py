@@ -8,10 +8,16 @@ ports, with its files in a directory of the caller's, and stopped (or killed) by
 - `start_cluster(directory)`: three primaries (`--cluster-enabled yes`) joined with
   `redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes`, returned once every node
   says `cluster_state:ok`.
+
+Either may be secured (`Security`): a password on every data node (`requirepass`, `masterauth`),
+one of their own on the sentinels, and TLS everywhere (`make_tls`: a CA and a certificate for
+127.0.0.1, made with `cryptography`; the servers then listen on `--tls-port` only).
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import shutil
 import signal
@@ -57,19 +63,72 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no"]
+
+
+def make_tls(directory: Path) -> Tls:
+    """A CA, and a certificate it signed for 127.0.0.1 (every server's), as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test redis CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    tls = Tls(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    tls.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tls.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    tls.key.chmod(0o600)
+    return tls
+
+
+@dataclass(frozen=True)
+class Security:
+    password: str | None = None  # every data node's (the default user's); replicas use it as masterauth
+    sentinel_password: str | None = None  # the sentinels' own
+    tls: Tls | None = None
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    password: str | None = None
+    tls: Tls | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def client(self, timeout: float = 2.0, db: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=timeout,
-                           socket_connect_timeout=timeout)
+        tls: dict[str, object] = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=self.port, db=db, password=self.password,
+                           socket_timeout=timeout, socket_connect_timeout=timeout, **tls)  # type: ignore[arg-type]
 
     def running(self) -> bool:
         return self.process.poll() is None
@@ -115,12 +174,15 @@ def _until(condition: Callable[[], bool], what: str, servers: list[Server], with
         time.sleep(0.05)
 
 
-def _start(directory: Path, port: int, *args: str, config: Path | None = None) -> Server:
+def _start(directory: Path, port: int, *args: str, config: Path | None = None, password: str | None = None,
+           tls: Tls | None = None) -> Server:
     log = directory / f"redis-{port}.log"
-    command = [_redis_server(), *([str(config)] if config else []), "--port", str(port), "--bind", "127.0.0.1",
-               "--dir", str(directory), "--logfile", str(log), "--save", "", "--appendonly", "no", *args]
+    listen = ["--port", "0", "--tls-port", str(port), *tls.server_args()] if tls else ["--port", str(port)]
+    command = [_redis_server(), *([str(config)] if config else []), *listen, "--bind", "127.0.0.1",
+               "--dir", str(directory), "--logfile", str(log), "--save", "", "--appendonly", "no",
+               *(["--requirepass", password] if password else []), *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server(process, port, log)
+    server = Server(process, port, log, password, tls)
     try:
         _until(lambda: _answers(server), f"redis-server on port {port}", [server])
     except BaseException:
@@ -140,15 +202,29 @@ class Servers:
             server.stop()
 
 
+def _url(scheme: str, hosts: list[Server], security: Security, path: str, user: str, password: str | None,
+         sentinel_password: str | None) -> str:
+    credentials = f"{user}:{password}@" if password else ""
+    query = [f"sentinel_password={sentinel_password}"] if sentinel_password else []
+    if security.tls:
+        query.append(f"ssl_ca_certs={security.tls.ca}")
+        scheme = scheme.replace("redis+", "rediss+")
+    hostlist = ",".join(f"127.0.0.1:{server.port}" for server in hosts)
+    return f"{scheme}://{credentials}{hostlist}{path}" + ("?" + "&".join(query) if query else "")
+
+
 @dataclass
 class SentinelTopology(Servers):
     primary: Server | None = None
     replica: Server | None = None
     sentinels: list[Server] = field(default_factory=list)
+    security: Security = Security()
 
-    def url(self, scheme: str = "redis+sentinel", db: int = 0) -> str:
-        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"{scheme}://{hosts}/{MASTER}/{db}"
+    def url(self, db: int = 0, *, user: str = "", password: str | None = None,
+            sentinel_password: str | None = None) -> str:
+        """The REDIS_URL of this topology: its own passwords unless others are given."""
+        return _url("redis+sentinel", self.sentinels, self.security, f"/{MASTER}/{db}", user,
+                    password or self.security.password, sentinel_password or self.security.sentinel_password)
 
     def master_port(self) -> int | None:
         """The primary's port as the first answering sentinel names it."""
@@ -176,14 +252,17 @@ def _sentinels_ready(topology: SentinelTopology) -> bool:
         return client.info("replication").get("master_link_status") == "up"
 
 
-def start_sentinel(directory: Path) -> SentinelTopology:
+def start_sentinel(directory: Path, security: Security = Security()) -> SentinelTopology:
     directory.mkdir(parents=True, exist_ok=True)
-    topology = SentinelTopology()
+    topology = SentinelTopology(security=security)
+    tls, password = security.tls, security.password
+    data = ["--tls-replication", "yes"] if tls else []
     try:
         primary_port, replica_port, *sentinel_ports = _free_ports(5)
-        topology.primary = _start(directory, primary_port)
+        topology.primary = _start(directory, primary_port, *data, password=password, tls=tls)
         topology.servers.append(topology.primary)
-        topology.replica = _start(directory, replica_port, "--replicaof", "127.0.0.1", str(primary_port))
+        topology.replica = _start(directory, replica_port, "--replicaof", "127.0.0.1", str(primary_port), *data,
+                                  *(["--masterauth", password] if password else []), password=password, tls=tls)
         topology.servers.append(topology.replica)
         for port in sentinel_ports:
             config = directory / f"sentinel-{port}.conf"  # sentinel rewrites its file: one each
@@ -191,8 +270,12 @@ def start_sentinel(directory: Path) -> SentinelTopology:
                 f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n"
                 f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}\n"
-                f"sentinel parallel-syncs {MASTER} 1\n")
-            sentinel = _start(directory, port, "--sentinel", config=config)
+                f"sentinel parallel-syncs {MASTER} 1\n"
+                + (f"sentinel auth-pass {MASTER} {password}\n" if password else "")
+                + (f"sentinel sentinel-pass {security.sentinel_password}\n" if security.sentinel_password else "")
+                + ("tls-replication yes\n" if tls else ""))
+            sentinel = _start(directory, port, "--sentinel", config=config, password=security.sentinel_password,
+                              tls=tls)
             topology.servers.append(sentinel)
             topology.sentinels.append(sentinel)
         _until(lambda: _sentinels_ready(topology), "the sentinels to see the replica and each other",
@@ -205,8 +288,12 @@ def start_sentinel(directory: Path) -> SentinelTopology:
 
 @dataclass
 class ClusterTopology(Servers):
-    def url(self, scheme: str = "redis+cluster") -> str:
-        return f"{scheme}://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:2])  # the rest is found
+    security: Security = Security()
+
+    def url(self, *, user: str = "", password: str | None = None) -> str:
+        """The REDIS_URL of this cluster (two of its nodes: the third is found)."""
+        return _url("redis+cluster", self.servers[:2], self.security, "", user, password or self.security.password,
+                    None)
 
     def node_ids(self) -> dict[int, str]:
         ids = {}
@@ -237,20 +324,26 @@ def _cluster_ok(topology: ClusterTopology) -> bool:
     return True
 
 
-def start_cluster(directory: Path) -> ClusterTopology:
+def start_cluster(directory: Path, security: Security = Security()) -> ClusterTopology:
     directory.mkdir(parents=True, exist_ok=True)
-    topology = ClusterTopology()
+    topology = ClusterTopology(security=security)
+    tls, password = security.tls, security.password
+    secured = [*(["--tls-cluster", "yes", "--tls-replication", "yes"] if tls else []),
+               *(["--masterauth", password] if password else [])]
     try:
         ports = _free_ports(6)  # a client port and a cluster bus port (`cluster-port`) each
         for port, bus in zip(ports[:3], ports[3:], strict=True):
             topology.servers.append(_start(
                 directory, port, "--cluster-enabled", "yes", "--cluster-port", str(bus),
-                "--cluster-config-file", str(directory / f"nodes-{port}.conf"), "--cluster-node-timeout", "2000"))
+                "--cluster-config-file", str(directory / f"nodes-{port}.conf"), "--cluster-node-timeout", "2000",
+                *secured, password=password, tls=tls))
         cli = shutil.which("redis-cli")
         if cli is None:
             raise TopologyError("redis-cli not found (Debian: apt-get install redis-tools)")
+        cli_security = [*(["--tls", "--cacert", str(tls.ca)] if tls else []),
+                        *(["-a", password, "--no-auth-warning"] if password else [])]
         created = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in topology.servers),
+            [cli, *cli_security, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in topology.servers),
              "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
         if created.returncode != 0:
             raise TopologyError(f"redis-cli --cluster create failed: {created.stdout[-500:]} {created.stderr[-500:]}")
@@ -286,7 +379,8 @@ class SlotMove:
         moved = 0
         with self.source.client() as source:
             while keys := source.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100):
-                source.execute_command("MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, "KEYS", *keys)
+                auth = ["AUTH", self.source.password] if self.source.password else []
+                source.execute_command("MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, *auth, "KEYS", *keys)
                 moved += len(keys)
         return moved
 
