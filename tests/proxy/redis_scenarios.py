@@ -19,7 +19,7 @@ from gateway.proxy.breaker import Breakers
 from gateway.proxy.cache import ENTRY_PREFIX, LOCK_PREFIX, cache_key
 from gateway.proxy.probes import HealthProber
 from gateway.proxy.ratelimit import RateLimiter
-from gateway.redis_link import RedisLink
+from gateway.redis_link import RedisLink, RedisUnavailable
 from tests.proxy.test_cache import key_inputs, make_route, node, response
 
 LinkFactory = Callable[..., RedisLink]
@@ -150,3 +150,26 @@ SCENARIOS: list[Callable[[LinkFactory, str], Any]] = [
     exact_limit, three_nodes_share_one_limit, heartbeats, cache_across_nodes, stale_locks_released,
     purge_everywhere, health_check_lease]
 
+
+
+async def broken_connections_are_dropped(links: LinkFactory, url: str, kill_clients: Callable[[], int]) -> None:
+    """As after a restart: every pooled connection broken. The first call fails (and pauses the
+    link); RedisLink then closes the other idle ones (per node on a cluster), so that after the
+    pause eight calls at once all reconnect instead of failing one by one."""
+    link = links(url, timeout=1.0)
+    await asyncio.gather(*(link.call(lambda r: r.blpop(["pgw:test:nothing"], timeout=0.05)) for _ in range(8)))
+    assert kill_clients() >= 8
+    try:
+        await link.call(lambda r: r.get("pgw:test:nothing"))
+    except RedisUnavailable:
+        pass
+    else:
+        raise AssertionError("a broken connection answered")
+    deadline = time.monotonic() + 3
+    while not link.usable():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    results = await asyncio.gather(*(link.call(lambda r: r.blpop(["pgw:test:nothing"], timeout=0.05))
+                                     for _ in range(8)), return_exceptions=True)
+    assert results == [None] * 8
+    assert link.healthy

@@ -19,7 +19,8 @@ from redis.crc import key_slot
 from gateway.proxy.cache import ENTRY_PREFIX, cache_key
 from gateway.proxy.ratelimit import KEY_PREFIX, RateLimiter, _window
 from gateway.redis_link import RedisLink
-from tests.proxy.redis_scenarios import FIXED_NOW, SCENARIOS, WINDOW, LinkFactory, fallbacks, fixed_clock
+from tests.proxy.redis_scenarios import (FIXED_NOW, SCENARIOS, WINDOW, LinkFactory, broken_connections_are_dropped,
+                                         fallbacks, fixed_clock)
 from tests.proxy.test_cache import key_inputs, make_route, node, response
 from tests.redis_topologies import ClusterTopology, SlotMove, redirections, start_cluster
 
@@ -60,6 +61,17 @@ def slot_of(key: str) -> int:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda scenario: scenario.__name__)
 async def test_scenario(cluster: ClusterTopology, links: LinkFactory, scenario: Any) -> None:
     await scenario(links, cluster.url())
+
+
+async def test_broken_connections_are_dropped_on_every_node(cluster: ClusterTopology, links: LinkFactory) -> None:
+    def kill_clients() -> int:
+        killed = 0
+        for server in cluster.servers:
+            with server.client() as client:
+                killed += int(client.client_kill_filter(_type="normal", skipme=True))
+        return killed
+
+    await broken_connections_are_dropped(links, cluster.url(), kill_clients)
 
 
 async def test_the_url_forms_reach_the_cluster(cluster: ClusterTopology, links: LinkFactory) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 from gateway.proxy.ratelimit import KEY_PREFIX, RateLimiter, _window
 from gateway.redis_link import RedisLink
-from tests.proxy.redis_scenarios import FIXED_NOW, SCENARIOS, WINDOW, LinkFactory, fallbacks, fixed_clock
+from tests.proxy.redis_scenarios import (FIXED_NOW, SCENARIOS, WINDOW, LinkFactory, broken_connections_are_dropped,
+                                         fallbacks, fixed_clock)
 from tests.redis_topologies import SentinelTopology, start_sentinel
 
 # The failover must be over (and counting back in Redis) within this; it takes about 2 to 6 s
@@ -64,6 +65,17 @@ async def test_the_urls_database_on_the_primary_the_sentinels_name(sentinel: Sen
         assert client.get(key) == b"here"
     with sentinel.primary.client() as client:
         assert client.get(key) is None  # not in db 0
+
+
+async def test_broken_connections_are_dropped(sentinel: SentinelTopology, links: LinkFactory) -> None:
+    primary = sentinel.primary
+    assert primary is not None
+
+    def kill_clients() -> int:
+        with primary.client() as client:  # the replica's link to it is of type "master"/"slave": kept
+            return int(client.client_kill_filter(_type="normal", skipme=True))
+
+    await broken_connections_are_dropped(links, sentinel.url(), kill_clients)
 
 
 async def test_a_failover_under_load_falls_back_then_counts_on_the_new_primary(
