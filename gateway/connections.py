@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
+from gateway.errors import BadRequest
+from gateway.middleware import problem_response
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.connections")
@@ -71,6 +76,26 @@ class CappedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._refused:
             super().data_received(data)
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A message the HTTP parser refused (a line over 8190 bytes, over 100 headers, a byte
+        that is not HTTP) answers problem+json like every other error, as gunicorn does with 400,
+        and is logged as one line: aiohttp's own answer is text/plain echoing the caller's bytes,
+        after a traceback in the error log that any client could repeat at will."""
+        if not isinstance(exc, BadHttpMessage):
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong):
+            detail = f"The request line or a header is longer than {SERVER_OPTIONS['max_line_size']} bytes"
+        elif "Too many headers" in str(exc):
+            detail = f"The request has more than {SERVER_OPTIONS['max_headers']} headers"
+        else:
+            detail = "The request is not valid HTTP/1.1"
+        log.info("refused a malformed request from %s: %s", request.remote, detail)
+        # No header of the request was read: its own X-Request-ID is not known.
+        response = problem_response(BadRequest(detail), uuid.uuid4().hex)
+        response.force_close()
+        return response
 
 
 class CappedServer(Server):

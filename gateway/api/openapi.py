@@ -24,7 +24,7 @@ PROBLEM_SCHEMA = {
                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
     },
 }
-ERROR_TEXT = {400: "Malformed request (not JSON, or nested too deep)", 401: "Missing or invalid credentials",
+ERROR_TEXT = {400: "Malformed request (not HTTP/1.1, a line over 8190 bytes, over 100 headers; a body that is not JSON or nested too deep)", 401: "Missing or invalid credentials",
               403: "Not allowed", 404: "Not found", 409: "Conflict", 413: "Body too large",
               415: "Body is not JSON", 422: "Validation failed (the fields are named in `errors`)",
               429: "Too many failed credentials from this client address",
@@ -72,7 +72,7 @@ def operation_id(ep: Endpoint) -> str:
 
 def error_codes(ep: Endpoint) -> set[int]:
     """Every status other than the success one that the operation can answer."""
-    codes = set(ep.errors)
+    codes = set(ep.errors) | {400}  # any request: the HTTP parser refuses an overlong URL (connections.py)
     if ep.body is not None:
         codes |= {400, 413, 415, 422}  # not JSON or nested too deep; too large; not JSON at all; schema
     if ep.query is not None:

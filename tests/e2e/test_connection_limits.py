@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 from aiohttp import web
 
 from tests.e2e.conftest import Gateway, StartGateway
@@ -130,3 +131,31 @@ async def test_connections_beyond_the_cap_are_closed_at_once(start_gateway: Star
     finally:
         for _, held_writer, _ in held:
             held_writer.close()
+
+
+async def test_a_message_the_http_parser_refuses_answers_problem_json_without_echoing_it(
+        start_gateway: StartGateway) -> None:
+    # schemathesis found the overlong URL: aiohttp's own answer was text/plain, repeating the
+    # caller's bytes, after a traceback in the log.
+    gateway = await start_gateway(1)
+    await serving(gateway)
+    messages = {
+        b"GET /api/v1/services?limit=" + b"x" * 9000 + b" HTTP/1.1\r\nHost: g\r\n\r\n": "longer than 8190 bytes",
+        b"GET /healthz HTTP/1.1\r\nHost: g\r\nX-A: " + b"y" * 9000 + b"\r\n\r\n": "longer than 8190 bytes",
+        b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(150)) + b"\r\n": "more than 100 headers",
+        b"GET /healthz HTTP/1.1\r\nHost: g\r\nBad Name: zz\r\n\r\n": "not valid HTTP/1.1",
+    }
+    for message, detail in messages.items():
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        try:
+            writer.write(message)
+            answer = await asyncio.wait_for(reader.read(), 10)  # then the connection is closed
+        finally:
+            writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 400") or head.startswith(b"HTTP/1.1 400"), head
+        assert b"content-type: application/problem+json" in head.lower(), head
+        problem = orjson.loads(body)
+        assert problem["status"] == 400 and detail in problem["detail"], problem
+        assert b"xxxx" not in body and b"yyyy" not in body and b"zz" not in body
+    assert "Traceback" not in gateway.output() and "refused a malformed request" in gateway.output()

@@ -13,15 +13,16 @@ from multidict import CIMultiDict
 
 from gateway.errors import BadRequest, NotFound
 from gateway.proxy.cache import cache_key
-from gateway.proxy.headers import (CALLER_CREDENTIALS, CALLER_FORWARDING, HOP_BY_HOP, NOT_RETURNED,
-                                   downstream_response_headers, upstream_request_headers)
+from gateway.proxy.headers import (NOT_FORWARDED, NOT_RETURNED, downstream_response_headers,
+                                   upstream_request_headers)
 from gateway.proxy.target import parse_target
 from routing.table import Route
 
 SPACE = "/spaces/00000000-0000-0000-0000-000000000001/plugins/demo"
 
-NEVER_FORWARDED = sorted(HOP_BY_HOP | CALLER_CREDENTIALS | CALLER_FORWARDING
-                         | {"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+# NOT_FORWARDED includes the names the gateway sets itself (X-Request-ID, traceparent).
+NEVER_FORWARDED = sorted(NOT_FORWARDED
+                         | {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
                             "x-forwarded-port", "x-gateway-user-id", "x-gateway-space-id",
                             "x-gateway-assertion", "x-gateway-anything"})
 NEVER_RETURNED = sorted(NOT_RETURNED | {"access-control-allow-origin", "access-control-allow-credentials",
