@@ -5,8 +5,18 @@ GATEWAY_BREAKER_FAILURES consecutive failures of the upstream open the breaker f
 GATEWAY_BREAKER_OPEN_SECONDS: calls then answer 503 with `Retry-After` at once, without touching
 the upstream (nor waiting for a pooled connection). After the open time one call is let through
 (the trial); its success closes the breaker, its failure opens it again. Only the upstream's
-failures count (FAILURES below), never the caller's. With N processes a dead upstream sees at
-most N x GATEWAY_BREAKER_FAILURES calls before every breaker is open.
+failures count (FAILURES below), never the caller's.
+
+With N processes a dead upstream sees at most N x GATEWAY_BREAKER_FAILURES calls before every
+breaker is open, also while calls overlap: a failure is learnt only when its call ends (a hanging
+upstream: after the route's timeout), so counting ended calls alone would let every call sent
+meanwhile through (rate x timeout). A call is therefore admitted only while fewer than
+GATEWAY_BREAKER_FAILURES minus the failures already counted are in flight *unvouched*: started
+after the upstream last answered. An answer (its head, so a stream vouches at once) vouches for
+every call in flight. Further callers wait, at most the route's timeout, for an answer (then they
+go), for the breaker to open (then 503 at once), or for a free place. A healthy upstream answers
+all the time, so callers rarely wait; a route whose upstream answers only after long waits (long
+polling) should turn its breaker off.
 
 Only breakers that have seen a failure are held, at most MAX_BREAKERS (the least recently
 failing dropped first): an outsider cannot grow this by calling many installations.
@@ -14,11 +24,12 @@ failing dropped first): an outsider cannot grow this by calling many installatio
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
 from uuid import UUID
@@ -67,9 +78,32 @@ class _State:
     trial: bool = False  # the half-open trial call is in flight
 
 
+@dataclass(slots=True)
+class _Flight:
+    """The calls of one key in flight; held only while there are some, or callers waiting."""
+    in_flight: int = 0
+    unvouched: int = 0  # of those, started since the upstream last answered
+    answers: int = 0  # answers seen while held: a call admitted before the last one is vouched for
+    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted call: what settle needs to know about it."""
+    key: Key
+    trial: bool
+    answers: int  # _Flight.answers when admitted
+    vouched: bool = False
+
+
 class BreakerOpen(ServiceUnavailable):
     def __init__(self, retry_after: int) -> None:
         super().__init__("The plugin is failing: calls to it are paused for a moment", retry_after=retry_after)
+
+
+class Unanswered(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__("The plugin has not answered the calls in flight: try again in a moment", retry_after=1)
 
 
 class Breakers:
@@ -81,30 +115,83 @@ class Breakers:
         self.max_breakers = max_breakers
         self._states: OrderedDict[Key, _State] = OrderedDict()
         self._open: dict[UUID, int] = {}  # installation id → its open breakers (for the API)
+        self._flights: dict[Key, _Flight] = {}
 
-    def admit(self, key: Key) -> bool:
-        """Raise BreakerOpen while the breaker is open; True when this call is the trial."""
+    async def admit(self, key: Key, wait: float) -> Ticket:
+        """Admit a call, waiting up to `wait` seconds for a place (module docstring). Raises
+        BreakerOpen while the breaker is open, Unanswered when no place came in time."""
+        ticket = self.try_admit(key)
+        if ticket is not None:
+            return ticket
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            flight = self._flights.setdefault(key, _Flight())
+            waiter: asyncio.Future[None] = loop.create_future()
+            flight.waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                self._forget_waiter(key, flight, waiter)
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(key)  # woken, but going away: pass the place on
+                if isinstance(exc, TimeoutError):
+                    raise Unanswered() from None
+                raise
+            ticket = self.try_admit(key, woken=True)
+            if ticket is not None:
+                return ticket
+
+    def try_admit(self, key: Key, woken: bool = False) -> Ticket | None:
+        """Admit a call at once, or None when it must wait (behind the callers already waiting,
+        unless it is one of them, `woken`); raises BreakerOpen while the breaker is open."""
         state = self._states.get(key)
-        if state is None or not state.open_until:
-            return False
-        now = self.clock()
-        if now < state.open_until:
-            raise BreakerOpen(max(1, math.ceil(state.open_until - now)))
-        if state.trial:  # half-open, and another call is the trial
-            raise BreakerOpen(1)
-        state.trial = True
-        return True
+        trial = False
+        if state is not None and state.open_until:
+            now = self.clock()
+            if now < state.open_until:
+                raise BreakerOpen(max(1, math.ceil(state.open_until - now)))
+            if state.trial:  # half-open, and another call is the trial
+                raise BreakerOpen(1)
+            state.trial = trial = True
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = self._flights[key] = _Flight()
+        elif not trial and ((flight.waiters and not woken) or flight.unvouched >= self._places(state)):
+            return None
+        flight.in_flight += 1
+        flight.unvouched += 1
+        return Ticket(key, trial, flight.answers)
 
-    def settle(self, key: Key, service: str, outcome: Outcome, trial: bool) -> None:
-        """Record how an admitted call ended (`trial`: what admit returned for it)."""
+    def answered(self, ticket: Ticket) -> None:
+        """The upstream answered this call (its head, not a failing status): every call of the key
+        in flight is vouched for, and the failures counted so far are forgiven."""
+        flight = self._flights.get(ticket.key)
+        if flight is None or ticket.vouched:
+            return
+        flight.answers += 1
+        flight.unvouched = 0
+        ticket.vouched = True
+        state = self._states.get(ticket.key)
+        if state is not None and (ticket.trial or not state.open_until):
+            self._close(ticket.key, state)
+        self._wake(ticket.key)
+
+    def settle(self, ticket: Ticket, service: str, outcome: Outcome) -> None:
+        """Record how an admitted call ended."""
+        key, trial = ticket.key, ticket.trial
+        self._land(ticket)
         state = self._states.get(key)
         if outcome is Outcome.NEUTRAL:
             if state is not None and trial:
                 state.trial = False  # the trial told nothing: the next call may try
+            self._wake(key)
             return
         if outcome is Outcome.SUCCESS:
             if state is not None:
                 self._close(key, state)
+            self._wake(key)
             return
         if state is None:
             state = self._states[key] = _State(service)
@@ -118,12 +205,14 @@ class Breakers:
                 metrics.BREAKER_OPEN.labels(service).inc()
                 self._open[key[0]] = self._open.get(key[0], 0) + 1
             state.open_until = self.clock() + self.open_seconds
+        self._wake(key)  # to answer 503 at once if it opened, or to take the place this call left
 
     def close_installation(self, installation_id: UUID) -> int:
         """Close every breaker of an installation (a healthy probe verdict); how many were held."""
         keys = [key for key in self._states if key[0] == installation_id]
         for key in keys:
             self._close(key, self._states[key])
+            self._wake(key)
         return len(keys)
 
     def is_open(self, key: Key) -> bool:
@@ -137,6 +226,42 @@ class Breakers:
     def open_count(self, installation_id: UUID) -> int:
         """This process's open (or half-open) breakers of an installation."""
         return self._open.get(installation_id, 0)
+
+    def _places(self, state: _State | None) -> int:
+        """How many unvouched calls may be in flight: the failures still to come before it opens."""
+        return self.threshold - (state.failures if state is not None else 0)
+
+    def _land(self, ticket: Ticket) -> None:
+        flight = self._flights.get(ticket.key)
+        if flight is None:
+            return
+        flight.in_flight -= 1
+        if not ticket.vouched and ticket.answers == flight.answers:
+            flight.unvouched -= 1
+        if not flight.in_flight and not flight.waiters:
+            del self._flights[ticket.key]
+
+    def _wake(self, key: Key) -> None:
+        """Wake as many waiters as there are places (each checks again; an open breaker: all)."""
+        flight = self._flights.get(key)
+        if flight is None or not flight.waiters:
+            return
+        state = self._states.get(key)
+        places = len(flight.waiters) if state is not None and state.open_until \
+            else self._places(state) - flight.unvouched
+        while places > 0 and flight.waiters:
+            waiter = flight.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                places -= 1
+
+    def _forget_waiter(self, key: Key, flight: _Flight, waiter: asyncio.Future[None]) -> None:
+        try:
+            flight.waiters.remove(waiter)
+        except ValueError:
+            pass
+        if not flight.in_flight and not flight.waiters and self._flights.get(key) is flight:
+            del self._flights[key]
 
     def _close(self, key: Key, state: _State) -> None:
         if state.open_until:

@@ -473,9 +473,15 @@ class ResponseCache:
             await self._release_unreleased()
         token = secrets.token_hex(16)
         end = min(deadline, time.monotonic() + LOCK_MS / 1000)
+        polled = False
         while True:
             try:
                 if await self._link.call(lambda r: r.set(LOCK_PREFIX + key, token, nx=True, px=LOCK_MS)):
+                    # Taken after another node held it: that node may have stored its answer and
+                    # released the lock since our last look.
+                    if polled and await self.get(key) is not None:
+                        await self._release_lock(key, token)
+                        return None, True
                     return token, False
             except RedisUnavailable:
                 return None, False
@@ -486,6 +492,7 @@ class ResponseCache:
             if time.monotonic() + POLL_SECONDS > end:
                 return None, False
             await asyncio.sleep(POLL_SECONDS)
+            polled = True
             if await self.get(key) is not None:
                 return None, True
 

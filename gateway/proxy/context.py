@@ -11,6 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from auth.principal import Principal
 from routing.loader import Assignment, Installation, ProxyState
+from gateway.proxy.breaker import Ticket
 from routing.table import Match
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class ProxyContext:
     # 502/503/504 answer into an error, before streaming it, so the cache stage serves that one.
     stale_fallback: bool = False
     upstream_failure: str | None = None  # the kind of a failed upstream call (gateway.proxy.breaker)
+    breaker: Ticket | None = None  # the call's admission by its breaker (none where turned off)
     upstream_seconds: float | None = None
     upstream_headers: CIMultiDictProxy[str] = field(default_factory=lambda: CIMultiDictProxy(CIMultiDict()))
     response_headers: dict[str, str] = field(default_factory=dict)  # added to whatever answers

@@ -245,7 +245,7 @@ async def _open_upstream(ctx: ProxyContext, rt: ProxyRuntime, target: URL, heade
     options = route.options
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=float(options.get("connect_timeout", rt.settings.upstream_connect_timeout)),
-        sock_read=float(options.get("timeout", rt.settings.upstream_timeout)))
+        sock_read=_read_timeout(ctx, rt))
     retry_on_401 = upload is None and request.method in BODILESS_METHODS  # a body is sent once
     for attempt in (1, 2):
         assert ctx.installation is not None
@@ -304,15 +304,22 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
     if limit and request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("The request body is larger than this route accepts")
     # An open breaker answers at once: before the pool, before anything reaches the upstream.
-    breaker = _breaker_key(ctx, target)
-    trial = rt.breakers.admit(breaker) if breaker is not None else False
+    key = _breaker_key(ctx, target)
+    if key is None:
+        return await _call(ctx, rt, target, limit)
+    ticket = rt.breakers.try_admit(key) or await rt.breakers.admit(key, _read_timeout(ctx, rt))
+    ctx.breaker = ticket
     try:
         return await _call(ctx, rt, target, limit)
     finally:
-        if breaker is not None:
-            assert ctx.installation is not None
-            rt.breakers.settle(breaker, ctx.installation.service_slug,
-                               outcome_of(ctx.upstream_failure, ctx.upstream_status), trial)
+        assert ctx.installation is not None
+        rt.breakers.settle(ticket, ctx.installation.service_slug,
+                           outcome_of(ctx.upstream_failure, ctx.upstream_status))
+
+
+def _read_timeout(ctx: ProxyContext, rt: ProxyRuntime) -> float:
+    assert ctx.match is not None
+    return float(ctx.match.route.options.get("timeout", rt.settings.upstream_timeout))
 
 
 def _breaker_key(ctx: ProxyContext, target: URL) -> Key | None:
@@ -353,6 +360,8 @@ async def _call(ctx: ProxyContext, rt: ProxyRuntime, target: URL, limit: int) ->
                       else "The request body arrives too slowly")
             return await _answer_and_hang_up(ctx, RequestTimeout(detail))
         ctx.upstream_status, ctx.upstream_headers = upstream.status, upstream.headers
+        if ctx.breaker is not None and upstream.status not in FAILING_STATUSES:
+            rt.breakers.answered(ctx.breaker)  # before the body: a stream vouches at once
         if ctx.stale_fallback and upstream.status in FAILING_STATUSES:
             raise BadGateway("The plugin answered with an error")  # the cache stage serves STALE
         if upload is not None:

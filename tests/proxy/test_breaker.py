@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway import metrics
-from gateway.proxy.breaker import Breakers, BreakerOpen, Outcome, outcome_of
+from gateway.proxy.breaker import Breakers, BreakerOpen, Key, Outcome, Ticket, Unanswered, outcome_of
 from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import Plugin, make_plugin, until_status
@@ -168,23 +168,30 @@ def test_the_failure_table() -> None:
         assert outcome_of(caller_side, None) is Outcome.NEUTRAL
 
 
+def admitted(breakers: Breakers, key: Key) -> Ticket:
+    ticket = breakers.try_admit(key)
+    assert ticket is not None
+    return ticket
+
+
 def test_a_trial_that_tells_nothing_lets_the_next_call_try() -> None:
     now = [0.0]
     breakers = Breakers(2, 5.0, clock=lambda: now[0])
     key = (uuid.uuid4(), "http://a:80")
     for _ in range(2):
-        breakers.settle(key, "svc", Outcome.FAILURE, breakers.admit(key))
+        breakers.settle(admitted(breakers, key), "svc", Outcome.FAILURE)
     with pytest.raises(BreakerOpen):
-        breakers.admit(key)
+        breakers.try_admit(key)
     now[0] = 6.0
-    trial = breakers.admit(key)
-    assert trial
+    trial = admitted(breakers, key)
+    assert trial.trial
     with pytest.raises(BreakerOpen):  # one trial at a time
-        breakers.admit(key)
-    breakers.settle(key, "svc", Outcome.NEUTRAL, trial)  # the caller went away
-    assert breakers.admit(key)  # the next call is the trial
-    breakers.settle(key, "svc", Outcome.SUCCESS, True)
-    assert not breakers.is_open(key) and not breakers.admit(key)
+        breakers.try_admit(key)
+    breakers.settle(trial, "svc", Outcome.NEUTRAL)  # the caller went away
+    trial = admitted(breakers, key)
+    assert trial.trial  # the next call is the trial
+    breakers.settle(trial, "svc", Outcome.SUCCESS)
+    assert not breakers.is_open(key) and not admitted(breakers, key).trial
 
 
 def test_held_breakers_are_bounded_and_a_healthy_verdict_closes_an_installations() -> None:
@@ -193,11 +200,108 @@ def test_held_breakers_are_bounded_and_a_healthy_verdict_closes_an_installations
     keys = [(installation, f"http://h{i}:80") for i in range(3)]
     keys += [(uuid.uuid4(), f"http://x{i}:80") for i in range(20)]
     for key in keys:
-        breakers.settle(key, "svc-bound", Outcome.FAILURE, False)
+        breakers.settle(admitted(breakers, key), "svc-bound", Outcome.FAILURE)
     assert sum(breakers.is_open(k) for k in keys) == 10  # the oldest dropped
     late = (installation, "http://late:80")
-    breakers.settle(late, "svc-bound", Outcome.FAILURE, False)
+    breakers.settle(admitted(breakers, late), "svc-bound", Outcome.FAILURE)
     assert breakers.close_installation(installation) == 1 and not breakers.is_open(late)
+
+
+def test_only_the_failures_still_to_come_may_be_in_flight_unvouched() -> None:
+    breakers = Breakers(3, 30.0)
+    key = (uuid.uuid4(), "http://a:80")
+    first = [admitted(breakers, key) for _ in range(3)]
+    assert breakers.try_admit(key) is None  # three calls started since the last answer
+    breakers.answered(first[0])  # an answer vouches for every call in flight
+    more = [admitted(breakers, key) for _ in range(3)]
+    assert breakers.try_admit(key) is None
+    breakers.settle(more[0], "svc", Outcome.FAILURE)  # one failure: two places left, both taken
+    assert breakers.try_admit(key) is None
+    breakers.settle(more[1], "svc", Outcome.NEUTRAL)  # a caller went away: its place comes back
+    assert admitted(breakers, key)
+    for ticket in [*first, more[2]]:
+        breakers.settle(ticket, "svc", Outcome.SUCCESS)
+    assert not breakers.is_open(key)
+
+
+async def test_a_waiter_goes_on_an_answer_gets_503_when_it_opens_and_gives_up_after_its_wait() -> None:
+    breakers = Breakers(2, 30.0)
+    key = (uuid.uuid4(), "http://a:80")
+    calls = [admitted(breakers, key) for _ in range(2)]
+    waiting = asyncio.ensure_future(breakers.admit(key, 5.0))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    breakers.answered(calls[0])
+    ticket = await asyncio.wait_for(waiting, 1)  # the answer let it go
+    for call in [*calls, ticket]:
+        breakers.settle(call, "svc", Outcome.SUCCESS)
+
+    calls = [admitted(breakers, key) for _ in range(2)]
+    waiting = asyncio.ensure_future(breakers.admit(key, 5.0))
+    cancelled = asyncio.ensure_future(breakers.admit(key, 5.0))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    for call in calls:
+        breakers.settle(call, "svc", Outcome.FAILURE)
+    with pytest.raises(BreakerOpen):  # opened while it waited: 503 at once
+        await asyncio.wait_for(waiting, 1)
+
+    other = (uuid.uuid4(), "http://b:80")
+    calls = [admitted(breakers, other) for _ in range(2)]
+    started = time.perf_counter()
+    with pytest.raises(Unanswered):
+        await breakers.admit(other, 0.1)
+    assert 0.09 < time.perf_counter() - started < 1
+    for call in calls:
+        breakers.settle(call, "svc", Outcome.NEUTRAL)
+    assert not breakers._flights  # nothing held once nothing is in flight
+
+
+async def test_overlapping_calls_to_a_hanging_upstream_reach_it_only_the_threshold(
+        breaker_client: TestClient, upstream: tuple[Upstream, str], make: Factory, db: asyncpg.Pool) -> None:
+    # A breaker learns of a failure only when its call times out: without the bound on calls in
+    # flight, every call sent meanwhile would reach the upstream (bench/breaker.py: 109 of them).
+    up, url = upstream
+    plugin = await plugin_for(db, make, url, breaker_client)
+    up.mode, up.calls = "hang", 0
+
+    async def call() -> tuple[int, str | None]:
+        response = await breaker_client.get(plugin.path("/x"), headers=plugin.member)
+        await response.read()
+        return response.status, response.headers.get("Retry-After")
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(call() for _ in range(30)))
+    assert up.calls == FAILURES
+    assert sorted(status for status, _ in results) == [503] * (30 - FAILURES) + [504] * FAILURES
+    assert all(retry is not None for status, retry in results if status == 503)
+    assert time.perf_counter() - started < 0.3 + 1.0  # one timeout, nothing queued behind it
+
+
+async def test_many_overlapping_calls_to_a_healthy_upstream_all_pass(
+        breaker_client: TestClient, make: Factory, db: asyncpg.Pool, aiohttp_server: Any) -> None:
+    # Slow to finish but quick to answer: the head vouches, so streams never wait for each other.
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first")
+        await asyncio.sleep(0.2)
+        await response.write(b" last")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", streaming)
+    server = await aiohttp_server(app)
+    plugin = await plugin_for(db, make, str(server.make_url("")).rstrip("/"), breaker_client)
+
+    async def call() -> tuple[int, bytes]:
+        response = await breaker_client.get(plugin.path("/x"), headers=plugin.member)
+        return response.status, await response.read()
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(call() for _ in range(40)))
+    assert results == [(200, b"first last")] * 40
+    assert time.perf_counter() - started < 0.2 * 3  # not 40 / 3 rounds of 0.2 s
 
 
 async def test_route_option_breaker_is_validated(client: TestClient, make: Factory) -> None:

@@ -21,9 +21,18 @@ from yarl import URL
 from gateway import metrics
 from gateway.proxy.pools import host_key
 from gateway.proxy.runtime import PROXY
+from gateway.settings import Settings
 from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
 from tests.plugins import Plugin, install_in, make_plugin, problem, until_status
+
+
+def pool_settings(database_url: str, per_host: int, timeout: float) -> Settings:
+    # The calls here overlap by design (slow ones, several per space): the breaker's bound on
+    # calls in flight before the upstream answered (gateway/proxy/breaker.py) is lifted so that
+    # it is the pool that queues them.
+    return make_settings(database_url, upstream_pool_per_host=per_host, upstream_pool_timeout=timeout,
+                         breaker_failures=1000)
 
 
 class Upstream:
@@ -109,7 +118,7 @@ async def test_a_space_holding_its_share_leaves_the_rest_of_the_pool_to_others(
     """A opens 6 slow calls against a pool of 4 (share 0.5: 2 at once); B's calls are not queued
     behind them (today's FIFO connector made such a call wait 5.25 s)."""
     _, url = upstream
-    settings = make_settings(database_url, upstream_pool_per_host=4, upstream_pool_timeout=30)
+    settings = pool_settings(database_url, 4, 30)
     async with gateway_client(settings) as client:
         spaces = await three_spaces(client, db, make, url)
         key = host_key(URL(url))
@@ -130,7 +139,7 @@ async def test_a_full_pool_gives_a_newcomer_the_next_free_slot(
     the first slot that frees: it waits at most one connection's turnover (2 s here). First come,
     first served would put it behind six waiters: about two turnovers more."""
     _, url = upstream
-    settings = make_settings(database_url, upstream_pool_per_host=4, upstream_pool_timeout=30)
+    settings = pool_settings(database_url, 4, 30)
     async with gateway_client(settings) as client:
         spaces = await three_spaces(client, db, make, url)
         key = host_key(URL(url))
@@ -147,7 +156,7 @@ async def test_waiting_spaces_alternate_when_the_pool_is_full(
     """Pool of one: C holds it; A queues three calls, then B three. They reach the plugin
     A B A B A B (first come, first served: A A A B B B)."""
     up, url = upstream
-    settings = make_settings(database_url, upstream_pool_per_host=1, upstream_pool_timeout=30)
+    settings = pool_settings(database_url, 1, 30)
     async with gateway_client(settings) as client:
         spaces = await three_spaces(client, db, make, url)
         key = host_key(URL(url))
@@ -170,7 +179,7 @@ async def test_waiting_spaces_alternate_when_the_pool_is_full(
 async def test_a_wait_past_the_pool_timeout_is_503_with_retry_after(
         database_url: str, make: Factory, db: asyncpg.Pool, upstream: tuple[Upstream, str]) -> None:
     _, url = upstream
-    settings = make_settings(database_url, upstream_pool_per_host=4, upstream_pool_timeout=0.5)
+    settings = pool_settings(database_url, 4, 0.5)
     async with gateway_client(settings) as client:
         spaces = await three_spaces(client, db, make, url)
         slug = spaces.plugin.slug
@@ -197,7 +206,7 @@ async def test_a_wait_past_the_pool_timeout_is_503_with_retry_after(
 async def test_a_caller_who_hangs_up_while_waiting_leaves_no_trace(
         database_url: str, make: Factory, db: asyncpg.Pool, upstream: tuple[Upstream, str]) -> None:
     up, url = upstream
-    settings = make_settings(database_url, upstream_pool_per_host=1, upstream_pool_timeout=30)
+    settings = pool_settings(database_url, 1, 30)
     async with gateway_client(settings) as client:
         spaces = await three_spaces(client, db, make, url)
         key = host_key(URL(url))
