@@ -412,10 +412,9 @@ def report(args: argparse.Namespace, reference: list[Answer], hanging: list[Answ
             f"not an open breaker's arrived): {len(before)} requests; "
             + "; ".join(f"{kind}: {len(group)}, latency p50 / p99 / max {ms(group)} ms"
                         for kind, group in by_kind(before))
-            + f". First open-breaker 503 for a request sent at +{first_breaker:.2f} s. A breaker counts only "
-            f"calls that have ended: until each worker's {args.failures}th failure came back (≥ {ROUTE_TIMEOUT:g} s), "
-            f"every call sent was admitted, ≈ rate × timeout = {args.rate:g} × {ROUTE_TIMEOUT:g} s = "
-            f"{args.rate * ROUTE_TIMEOUT:g} and more."
+            + f". First open-breaker 503 for a request sent at +{first_breaker:.2f} s. Each worker admits "
+            f"{args.failures} calls not yet vouched for by an answer; the calls sent after them waited (at most "
+            f"the route's timeout, {ROUTE_TIMEOUT:g} s) and got the 503 as soon as those {args.failures} failed."
             + (f" {len(waited)} of the 504s took longer than the timeout + 0.1 s: they first waited for a pooled "
                "connection (one space may hold GATEWAY_UPSTREAM_POOL_PER_HOST × GATEWAY_UPSTREAM_SPACE_SHARE = "
                "64 × 0.5 per worker by default), then still reached the upstream." if waited else ""),

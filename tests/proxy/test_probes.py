@@ -149,3 +149,21 @@ async def test_a_healthy_verdict_closes_the_breakers_on_every_node(
 
 def up_port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
+
+
+async def test_two_nodes_probe_each_installation_once_per_interval_in_total(
+        redis_url: str, database_url: str, upstream: tuple[Upstream, str], make: Factory, db: asyncpg.Pool) -> None:
+    up, url = upstream
+    settings = make_settings(database_url, redis_url=redis_url)
+    async with gateway_client(settings), gateway_client(settings):  # two nodes sharing Redis and the database
+        await probed_plugin(db, make, url)
+        deadline = time.monotonic() + CHECK["interval_seconds"] + LEASE_SECONDS + TICK_SECONDS + 5
+        while not up.probes:  # the first verdict (a lease left by an earlier test expires first)
+            assert time.monotonic() < deadline, "no probe came"
+            await asyncio.sleep(0.1)
+        first = len(up.probes)
+        await asyncio.sleep(2 * CHECK["interval_seconds"] + 1)
+        probes = len(up.probes) - first
+    # One node probes at a time: two (or, with the jitter, three) in two intervals; both nodes
+    # probing would make four or more.
+    assert 1 <= probes <= 3, probes
