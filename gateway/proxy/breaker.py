@@ -14,9 +14,11 @@ meanwhile through (rate x timeout). A call is therefore admitted only while fewe
 GATEWAY_BREAKER_FAILURES minus the failures already counted are in flight *unvouched*: started
 after the upstream last answered. An answer (its head, so a stream vouches at once) vouches for
 every call in flight. Further callers wait, at most the route's timeout, for an answer (then they
-go), for the breaker to open (then 503 at once), or for a free place. A healthy upstream answers
-all the time, so callers rarely wait; a route whose upstream answers only after long waits (long
-polling) should turn its breaker off.
+all go, and count as unvouched until the next one), for the breaker to open (then 503 at once), or
+for a free place. A healthy upstream answers all the time, so callers rarely wait; a route whose
+upstream answers only after long waits (long polling) should turn its breaker off. (An upstream
+that dies while many calls are in flight still gets those calls: the bound is on the calls sent
+after its last answer.)
 
 Only breakers that have seen a failure are held, at most MAX_BREAKERS (the least recently
 failing dropped first): an outsider cannot grow this by calling many installations.
@@ -84,7 +86,8 @@ class _Flight:
     in_flight: int = 0
     unvouched: int = 0  # of those, started since the upstream last answered
     answers: int = 0  # answers seen while held: a call admitted before the last one is vouched for
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    # True: the upstream answered, go; False: a place came free or the breaker opened, look again.
+    waiters: deque[asyncio.Future[bool]] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -127,11 +130,11 @@ class Breakers:
         deadline = loop.time() + wait
         while True:
             flight = self._flights.setdefault(key, _Flight())
-            waiter: asyncio.Future[None] = loop.create_future()
+            waiter: asyncio.Future[bool] = loop.create_future()
             flight.waiters.append(waiter)
             try:
                 async with asyncio.timeout_at(deadline):
-                    await waiter
+                    go = await waiter
             except (TimeoutError, asyncio.CancelledError) as exc:
                 self._forget_waiter(key, flight, waiter)
                 if waiter.done() and not waiter.cancelled():
@@ -139,13 +142,14 @@ class Breakers:
                 if isinstance(exc, TimeoutError):
                     raise Unanswered() from None
                 raise
-            ticket = self.try_admit(key, woken=True)
+            ticket = self.try_admit(key, woken=True, go=go)
             if ticket is not None:
                 return ticket
 
-    def try_admit(self, key: Key, woken: bool = False) -> Ticket | None:
+    def try_admit(self, key: Key, woken: bool = False, go: bool = False) -> Ticket | None:
         """Admit a call at once, or None when it must wait (behind the callers already waiting,
-        unless it is one of them, `woken`); raises BreakerOpen while the breaker is open."""
+        unless it is one of them, `woken`; `go`: woken by an answer, so admitted whatever the
+        count); raises BreakerOpen while the breaker is open."""
         state = self._states.get(key)
         trial = False
         if state is not None and state.open_until:
@@ -158,7 +162,7 @@ class Breakers:
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = _Flight()
-        elif not trial and ((flight.waiters and not woken) or flight.unvouched >= self._places(state)):
+        elif not (trial or go) and ((flight.waiters and not woken) or flight.unvouched >= self._places(state)):
             return None
         flight.in_flight += 1
         flight.unvouched += 1
@@ -176,7 +180,7 @@ class Breakers:
         state = self._states.get(ticket.key)
         if state is not None and (ticket.trial or not state.open_until):
             self._close(ticket.key, state)
-        self._wake(ticket.key)
+        self._wake(ticket.key, answered=True)
 
     def settle(self, ticket: Ticket, service: str, outcome: Outcome) -> None:
         """Record how an admitted call ended."""
@@ -241,21 +245,23 @@ class Breakers:
         if not flight.in_flight and not flight.waiters:
             del self._flights[ticket.key]
 
-    def _wake(self, key: Key) -> None:
-        """Wake as many waiters as there are places (each checks again; an open breaker: all)."""
+    def _wake(self, key: Key, answered: bool = False) -> None:
+        """Wake the waiters: all of them after an answer (they go: the upstream is alive, and the
+        calls sent after it count as unvouched again) or when the breaker opened (503); else as
+        many as there are places (each looks again)."""
         flight = self._flights.get(key)
         if flight is None or not flight.waiters:
             return
         state = self._states.get(key)
-        places = len(flight.waiters) if state is not None and state.open_until \
+        places = len(flight.waiters) if answered or (state is not None and state.open_until) \
             else self._places(state) - flight.unvouched
         while places > 0 and flight.waiters:
             waiter = flight.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(answered)
                 places -= 1
 
-    def _forget_waiter(self, key: Key, flight: _Flight, waiter: asyncio.Future[None]) -> None:
+    def _forget_waiter(self, key: Key, flight: _Flight, waiter: asyncio.Future[bool]) -> None:
         try:
             flight.waiters.remove(waiter)
         except ValueError:

@@ -301,7 +301,7 @@ async def test_many_overlapping_calls_to_a_healthy_upstream_all_pass(
     started = time.perf_counter()
     results = await asyncio.gather(*(call() for _ in range(40)))
     assert results == [(200, b"first last")] * 40
-    assert time.perf_counter() - started < 0.2 * 3  # not 40 / 3 rounds of 0.2 s
+    assert time.perf_counter() - started < 1.5  # not 40 / 3 rounds of 0.2 s (2.7 s)
 
 
 async def test_route_option_breaker_is_validated(client: TestClient, make: Factory) -> None:
