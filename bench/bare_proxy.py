@@ -66,11 +66,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="http://host:port of the upstream")
     parser.add_argument("--pool-per-host", type=int, default=64)
+    parser.add_argument("--reuse-port", action="store_true",
+                        help="listen with SO_REUSEPORT, so that several of these processes share the port")
     args = parser.parse_args()
     import uvloop  # as the gateway's workers run (aiohttp.GunicornUVLoopWebWorker)
 
     web.run_app(build_app(args.upstream, args.pool_per_host), host=args.host, port=args.port,
-                access_log=None, loop=uvloop.new_event_loop(),
+                access_log=None, loop=uvloop.new_event_loop(), reuse_port=args.reuse_port,
                 print=lambda _: print(f"bare proxy listening on {args.port}", flush=True))
 
 
