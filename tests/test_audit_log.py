@@ -315,6 +315,30 @@ async def test_installing_counts_without_an_audit_row_for_the_service(db: asyncp
     assert [r["action"] for r in await audit_rows(db, row_id=service)] == ["insert"]  # its creation only
 
 
+AUDITED = ("service_registry", "service_api_routes", "service_ui_components", "service_installations", "api_keys",
+           "service_maintainers", "infrastructure_instances", "instance_services", "service_management_assignments")
+BOOKKEEPING = ("updated_at", "installation_count", "last_used", "last_used_at", "last_health_check", "health_status")
+
+
+async def test_the_update_triggers_compare_every_column_but_bookkeeping(db: asyncpg.Pool) -> None:
+    """Migration 1400 lists the columns in each update trigger's WHEN clause: a migration that adds a
+    column to an audited table without public.audit_create_update_trigger(table) fails here (an
+    update of only that column would go unrecorded)."""
+    for table in AUDITED:
+        columns = {r["attname"] for r in await db.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+            f"public.{table}")}
+        definition = await db.fetchval(
+            "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t WHERE t.tgrelid = $1::regclass AND t.tgname = $2",
+            f"public.{table}", f"trg_{table}_audit_update")
+        assert definition is not None, table
+        when = definition.split(" WHEN ", 1)[1].lower()
+        for column in columns:
+            listed = f"old.{column} is distinct from new.{column}" in when \
+                or f"(old.{column})::text is distinct from (new.{column})::text" in when
+            assert listed == (column not in BOOKKEEPING), (table, column, definition)
+
+
 async def test_a_rolled_back_change_leaves_no_audit_row(db: asyncpg.Pool, as_role: asyncpg.Pool,
                                                          make: Factory) -> None:
     space = await make.space()
@@ -420,6 +444,11 @@ async def test_row_security_is_forced_on_the_audit_tables(db: asyncpg.Pool) -> N
     auditor = await db.fetchrow("SELECT rolcanlogin, rolsuper, rolbypassrls FROM pg_roles "
                                 "WHERE rolname = 'gateway_auditor'")
     assert not (auditor["rolcanlogin"] or auditor["rolsuper"] or auditor["rolbypassrls"])
+    # The app role reads audit rows; only the triggers (as gateway_auditor) write them.
+    for privilege, granted in (("SELECT", True), ("INSERT", False), ("UPDATE", False), ("DELETE", False),
+                               ("TRUNCATE", False)):
+        assert await db.fetchval("SELECT has_table_privilege($1, 'public.audit_log', $2)", ROLE, privilege) \
+            is granted, privilege
 
 
 async def test_chains_stay_consistent_under_concurrent_writers(db: asyncpg.Pool, as_role: asyncpg.Pool,
