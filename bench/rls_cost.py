@@ -490,7 +490,8 @@ async def hot_path(session: aiohttp.ClientSession, admin: asyncpg.Connection, wa
             if response.status == 200:
                 break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the proxied route answers {response.status}, not 200")
+            raise RuntimeError(f"the proxied route answers {response.status}, not 200; gateway {gateway.db.label}'s "
+                               f"log:\n{gateway.output()[-3000:]}")
         await asyncio.sleep(0.1)
     warm = await proxied(session, url, headers, 200)
     if warm[200] != 200:
