@@ -1,10 +1,22 @@
 """Fixed-window rate limits per (route, space), shared by every node through Redis.
 
 Windows are aligned to the clock (window_start = floor(now / window) * window, epoch seconds), so
-vendors can read a limit as "N per window" and every node counts into the same key. One Redis
-round trip per request: a Lua script increments the window's counter and gives a new key its
-expiry in the same step. Without Redis the count lives in process memory; when a configured Redis
-fails, GATEWAY_RATE_LIMIT_FAILURE decides (`_fallback`, style.md §8).
+vendors can read a limit as "N per window" and every node counts into the same key. Counting is a
+Lua script (INCRBY, and the key's expiry in the same step); the checks of one event-loop turn go
+to Redis as one pipeline, those of one key as one INCRBY.
+
+While much of a window remains, a node reserves counts ahead for itself (`Reservations`): one
+INCRBY takes a block of counts, handed out locally to the node's next requests, so a limit far
+from being reached costs about one round trip per block rather than per turn. The block doubles
+with each refill (the node's own demand) up to MAX_BLOCK, and is only taken while the remaining
+quota is at least RESERVE_FACTOR blocks per live node; near the limit every request is counted in
+Redis again. Redis never hands a count out twice, so no more than the limit passes in a window,
+whatever the number of nodes. The price: a node that stops getting calls may leave up to one
+block unused, at most 1 / RESERVE_FACTOR of what remained when it took it, and the window then
+closes that much short of its limit.
+
+Without Redis the count lives in process memory; when a configured Redis fails,
+GATEWAY_RATE_LIMIT_FAILURE decides (`_fallback`, style.md §8).
 """
 
 from __future__ import annotations
@@ -33,11 +45,16 @@ NODES_KEY: Final = "pgw:nodes"
 TTL_MARGIN_SECONDS: Final = 5
 LOCAL_MAX_KEYS: Final = 100_000
 FAILURE_MODES: Final = ("local", "open", "closed")
+# Reservations: blocks start at FIRST_BLOCK counts and double with each refill up to MAX_BLOCK,
+# and are taken only while RESERVE_FACTOR blocks per live node remain in the window.
+FIRST_BLOCK: Final = 8
+MAX_BLOCK: Final = 1024
+RESERVE_FACTOR: Final = 100
 
-# INCR, and EXPIRE when the key has no TTL yet (new key, or one left without expiry by anything
-# unexpected), so no counter lives forever. Returns the count including this request.
+# INCRBY, and EXPIRE when the key has no TTL yet (new key, or one left without expiry by anything
+# unexpected), so no counter lives forever. Returns the count including these requests.
 _INCR_SCRIPT: Final = """
-local count = redis.call('INCR', KEYS[1])
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
 if redis.call('TTL', KEYS[1]) == -1 then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
@@ -117,7 +134,8 @@ class LocalCounter:
 
 
 class _IncrBatcher:
-    """Runs the counting script for every check issued in one event-loop turn as ONE pipeline.
+    """Runs the counting script for every claim issued in one event-loop turn as ONE pipeline,
+    the claims on one key merged into one INCRBY.
 
     A burst of a few hundred requests then costs one round trip instead of a few hundred, each
     waiting for a pooled connection: under load the calls stay well inside GATEWAY_REDIS_TIMEOUT
@@ -128,23 +146,31 @@ class _IncrBatcher:
     def __init__(self, link: RedisLink) -> None:
         self.link = link
         self.sha = hashlib.sha1(_INCR_SCRIPT.encode()).hexdigest()
-        self._pending: list[tuple[str, int, asyncio.Future[int]]] = []
+        # key → (ttl, [(size, future)]): each future gets the count its claim ends at.
+        self._pending: dict[str, tuple[int, list[tuple[int, asyncio.Future[int]]]]] = {}
 
-    def incr(self, key: str, ttl: int) -> asyncio.Future[int]:
+    def incr(self, key: str, ttl: int, size: int = 1) -> asyncio.Future[int]:
+        """Claim `size` counts of `key`; the future gets the last of them (the total after it)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._pending.append((key, ttl, future))
-        if len(self._pending) == 1:
+        if not self._pending:
             loop.call_soon(self._flush)
+        claims = self._pending.get(key)
+        if claims is None:
+            self._pending[key] = (ttl, [(size, future)])
+        else:
+            claims[1].append((size, future))
         return future
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
+        batch, self._pending = list(self._pending.items()), {}
         asyncio.get_running_loop().create_task(self._send(batch))
 
-    async def _send(self, batch: list[tuple[str, int, asyncio.Future[int]]]) -> None:
+    async def _send(self, batch: list[tuple[str, tuple[int, list[tuple[int, asyncio.Future[int]]]]]]) -> None:
+        commands = [(key, ttl, sum(size for size, _ in claims)) for key, (ttl, claims) in batch]
+
         async def run(r: redis.Redis) -> list[int]:
-            counts = await self._pipeline(r, batch)
+            counts = await self._pipeline(r, commands)
             # NOSCRIPT from a server that lost the script (restarted, SCRIPT FLUSH; in a cluster,
             # a node that took over a slot): load it (on every primary of a cluster) and send
             # again only what was refused, since the rest has counted already, maybe on
@@ -152,7 +178,7 @@ class _IncrBatcher:
             refused = [i for i, count in enumerate(counts) if isinstance(count, NoScriptError)]
             if refused:
                 await r.script_load(_INCR_SCRIPT)
-                for i, count in zip(refused, await self._pipeline(r, [batch[i] for i in refused]), strict=True):
+                for i, count in zip(refused, await self._pipeline(r, [commands[i] for i in refused]), strict=True):
                     counts[i] = count
             answered = []
             for count in counts:
@@ -162,28 +188,85 @@ class _IncrBatcher:
             return answered
 
         try:
-            counts = await self.link.call(run)
+            totals = await self.link.call(run)
         except RedisUnavailable as exc:
-            for _, _, future in batch:
-                if not future.done():  # a caller that went away cancelled its own future
-                    future.set_exception(exc)
+            for _, (_, claims) in batch:
+                for _, future in claims:
+                    if not future.done():  # a caller that went away cancelled its own future
+                        future.set_exception(exc)
             return
-        for (_, _, future), count in zip(batch, counts, strict=True):
-            if not future.done():
-                future.set_result(int(count))
+        for (_, (_, claims)), (_, _, size), total in zip(batch, commands, totals, strict=True):
+            end = total - size  # the claims' counts follow one another, in the order they came
+            for claimed, future in claims:
+                end += claimed
+                if not future.done():
+                    future.set_result(end)
 
-    async def _pipeline(self, r: redis.Redis,
-                        batch: list[tuple[str, int, asyncio.Future[int]]]) -> list[int | BaseException]:
-        """The counts, or each command's error. Not a transaction: in a cluster the keys are
+    async def _pipeline(self, r: redis.Redis, commands: list[tuple[str, int, int]]) -> list[int | BaseException]:
+        """The totals, or each command's error. Not a transaction: in a cluster the keys are
         on several nodes, and redis-py's cluster pipeline splits the batch by node (one round
         trip to each) and follows MOVED and ASK for the commands that get them."""
         pipe = r.pipeline(transaction=False)
-        for key, ttl, _ in batch:
+        for key, ttl, size in commands:
             # Not pipe.evalsha(): redis-py's cluster pipeline refuses that method (and only the
             # method: the command's key is found like EVAL's).
-            pipe.execute_command("EVALSHA", self.sha, 1, key, ttl)
+            pipe.execute_command("EVALSHA", self.sha, 1, key, ttl, size)
         result: list[int | BaseException] = await pipe.execute(raise_on_error=False)
         return result
+
+
+WindowKey = tuple[UUID, UUID, int, int]  # (route, space, window, window start)
+
+
+@dataclass(slots=True)
+class _Block:
+    next: int = 0  # the next count this node may hand out
+    end: int = -1  # the last one it holds
+    size: int = 0  # of the last refill
+    refilling: bool = False
+
+
+class Reservations:
+    """The counts this node holds ahead, per live window key (module docstring)."""
+
+    def __init__(self, clock: Callable[[], float], maxsize: int = LOCAL_MAX_KEYS) -> None:
+        self._blocks: TLRUCache[WindowKey, _Block] = TLRUCache(
+            maxsize, ttu=lambda key, _value, _now: key[3] + key[2], timer=clock)
+
+    def take(self, key: WindowKey) -> int | None:
+        """A count held for `key`, or None."""
+        block = self._blocks.get(key)
+        if block is None or block.next > block.end:
+            return None
+        block.next += 1
+        return block.next - 1
+
+    def size(self, key: WindowKey, limit: int, seen: int | None, nodes: int) -> int:
+        """How many counts to claim beyond this request's: a block, or none near the limit, before
+        the window's count is known, or while another refill of the key is on its way."""
+        block = self._blocks.get(key)
+        if seen is None or (block is not None and block.refilling):
+            return 0
+        size = FIRST_BLOCK if block is None or not block.size else min(MAX_BLOCK, 2 * block.size)
+        if limit - seen < RESERVE_FACTOR * nodes * size:
+            return 0
+        if block is None:
+            block = self._blocks[key] = _Block()
+        block.refilling, block.size = True, size
+        return size
+
+    def refilled(self, key: WindowKey, first: int, last: int, limit: int) -> None:
+        """Counts first..last (above the request's own) are this node's now."""
+        block = self._blocks.get(key)
+        if block is None:
+            return
+        block.refilling = False
+        block.next, block.end = first, min(last, limit)
+
+    def abandon(self, key: WindowKey) -> None:
+        block = self._blocks.get(key)
+        if block is not None:
+            block.refilling = False
 
 
 class RateLimiter:
@@ -197,24 +280,39 @@ class RateLimiter:
         self.local = LocalCounter(clock)
         # The last count Redis gave for each live window key: a fallback that starts mid-window
         # carries on from it instead of from zero (see `_fallback`).
-        self.seen: TLRUCache[tuple[UUID, UUID, int, int], int] = TLRUCache(
+        self.seen: TLRUCache[WindowKey, int] = TLRUCache(
             LOCAL_MAX_KEYS, ttu=lambda key, _value, _now: key[3] + key[2], timer=clock)
         self.node_id = uuid.uuid4().hex
         self.live_nodes = 1  # nodes seen by the last successful heartbeat (this one included)
         self._incr = _IncrBatcher(link) if link.client is not None else None
+        self.reservations = Reservations(clock)
 
     async def check(self, route_id: UUID, space_id: UUID, limit: int, window: int) -> Decision:
         now = self.clock()
         start, reset = _window(now, window)
         if self._incr is None:  # single-node mode: REDIS_URL unset, nothing to count as fallback
             return _decision(self.local.increment(route_id, space_id, window, start), limit, window, reset)
+        window_key = (route_id, space_id, window, start)
+        held = self.reservations.take(window_key)
+        if held is not None:
+            return _decision(held, limit, window, reset)
+        extra = self.reservations.size(window_key, limit, self.seen.get(window_key), self.live_nodes)
         key = f"{KEY_PREFIX}{route_id}:{space_id}:{window}:{start}"
         try:
-            count = await self._incr.incr(key, window + TTL_MARGIN_SECONDS)
+            last = await self._incr.incr(key, window + TTL_MARGIN_SECONDS, 1 + extra)
         except RedisUnavailable:
+            if extra:
+                self.reservations.abandon(window_key)
             return self._fallback(route_id, space_id, limit, window, start, reset)
-        self.seen[(route_id, space_id, window, start)] = count
-        return _decision(int(count), limit, window, reset)
+        except BaseException:  # cancelled: the claim may have counted, nothing was handed out
+            if extra:
+                self.reservations.abandon(window_key)
+            raise
+        count = last - extra  # this request's count; the ones after it are the block
+        if extra:
+            self.reservations.refilled(window_key, count + 1, last, limit)
+        self.seen[window_key] = last
+        return _decision(count, limit, window, reset)
 
     def _fallback(self, route_id: UUID, space_id: UUID, limit: int, window: int,
                   start: int, reset: int) -> Decision:

@@ -17,7 +17,7 @@ import redis.asyncio as redis
 
 from gateway import metrics
 from gateway.dev import services as devservices
-from gateway.proxy.ratelimit import Decision, RateLimiter, RateLimitUnavailable
+from gateway.proxy.ratelimit import KEY_PREFIX, MAX_BLOCK, Decision, RateLimiter, RateLimitUnavailable, _window
 from gateway.redis_link import PAUSE_AFTER_FAILURE, RedisLink
 
 # Mid-window for 60 s windows: a count under this clock can never straddle a boundary.
@@ -104,6 +104,37 @@ async def test_three_nodes_share_one_limit(redis_url: str, make_link: LinkFactor
     assert sum(d.allowed for d in decisions) == 100
     # Another space of the same route has its own count.
     assert (await nodes[0].check(route, uuid.uuid4(), 100, 60)).allowed
+
+
+async def test_a_limit_far_from_its_end_is_counted_in_reserved_blocks(redis_url: str, make_link: LinkFactory) -> None:
+    limiter = RateLimiter(make_link(redis_url), clock=fixed_clock())
+    route, space = uuid.uuid4(), uuid.uuid4()
+    key = f"{KEY_PREFIX}{route}:{space}:60:{_window(FIXED_NOW, 60)[0]}"
+    round_trips = 0
+    counts: list[int] = []
+    for _ in range(200):  # turns of 20 checks, as a busy node gets them
+        before = await limiter.link.call(lambda r: r.get(key))
+        decisions = await asyncio.gather(*(limiter.check(route, space, 1_000_000, 60) for _ in range(20)))
+        after = await limiter.link.call(lambda r: r.get(key))
+        round_trips += before != after
+        counts += [1_000_000 - d.remaining for d in decisions]
+    assert len(set(counts)) == 4000  # each count handed out once
+    assert round_trips < 30  # blocks doubling up to MAX_BLOCK, not one INCRBY per turn (200)
+    in_redis = int(await limiter.link.call(lambda r: r.get(key)))
+    assert max(counts) <= in_redis <= 4000 + MAX_BLOCK  # what Redis counted covers every count given
+
+
+async def test_three_nodes_with_reservations_pass_exactly_the_limit(redis_url: str, make_link: LinkFactory) -> None:
+    # A limit large enough for blocks at first: they stop near the end, which is exact again.
+    nodes = [RateLimiter(make_link(redis_url), clock=fixed_clock()) for _ in range(3)]
+    for node in nodes:
+        node.live_nodes = 3
+    route, space, limit = uuid.uuid4(), uuid.uuid4(), 20_000
+    allowed = 0
+    for _ in range(30):
+        decisions = await asyncio.gather(*(nodes[i % 3].check(route, space, limit, 60) for i in range(900)))
+        allowed += sum(d.allowed for d in decisions)
+    assert allowed == limit  # 27,000 checks: every node's demand used its blocks up
 
 
 @pytest.mark.parametrize("backend", ["redis", "local"])

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.proxy.ratelimit import KEY_PREFIX, RateLimiter, _window
+from gateway.proxy.ratelimit import KEY_PREFIX, MAX_BLOCK, RateLimiter, _window
 from gateway.redis_link import RedisLink
 from tests.proxy.redis_scenarios import (FIXED_NOW, SCENARIOS, WINDOW, LinkFactory, broken_connections_are_dropped,
                                          fallbacks, fixed_clock)
@@ -122,11 +122,17 @@ async def test_a_failover_under_load_falls_back_then_counts_on_the_new_primary(
     assert sentinel.master_port() == replica.port  # promoted
     with replica.client() as client:
         counted = int(client.get(key))
-    # Counting resumed where it stood: what went to Redis is every check but those that fell back.
-    assert counted == checks - fell_back
-    # And it keeps counting there, exactly, with no more fallback.
+    # Counting resumed where it stood: what went to Redis is every check but those that fell back,
+    # give or take the one block of counts this node held ahead (a limit this far from its end is
+    # counted in blocks, gateway/proxy/ratelimit.py): reserved but not used yet, or reserved on
+    # the old primary just before the kill and lost with it (asynchronous replication).
+    assert abs(counted - (checks - fell_back)) <= MAX_BLOCK, (counted, checks, fell_back)
+    # And it keeps counting there, each count handed out once, with no more fallback.
     decisions = await asyncio.gather(*(limiter.check(route, space, limit, WINDOW) for _ in range(100)))
-    assert sorted(limit - d.remaining for d in decisions) == list(range(counted + 1, counted + 101))
+    counts = sorted(limit - d.remaining for d in decisions)
+    assert len(set(counts)) == 100 and counts[0] > counted - MAX_BLOCK
+    with replica.client() as client:
+        assert counts[-1] <= int(client.get(key))  # every one of them counted in Redis
     assert fallbacks()["local"] == last_fallbacks
     print(f"failover: fell back for {recovered_after:.1f} s after the kill ({fell_back} checks), "
           f"then counted in Redis on the new primary")
