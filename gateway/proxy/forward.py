@@ -374,11 +374,19 @@ async def _call(ctx: ProxyContext, rt: ProxyRuntime, target: URL, limit: int) ->
         lease.release()
 
 
+class _OneWriteResponse(web.StreamResponse):
+    """For an answer of known, small length: the head is held back and sent with the first body
+    bytes, one system call (aiohttp's web.Response does the same). A stream of unknown length
+    keeps sending its head at once, so an event stream's caller sees it before the first event."""
+    _send_headers_immediately = False
+
+
 async def _stream_back(ctx: ProxyContext, upstream: aiohttp.ClientResponse,
                        upload: _Upload | None) -> web.StreamResponse:
     request, capture = ctx.request, ctx.capture
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                  headers=downstream_response_headers(upstream.headers))
+    small = upstream.content_length is not None and upstream.content_length <= CHUNK
+    response = (_OneWriteResponse if small else web.StreamResponse)(
+        status=upstream.status, reason=upstream.reason, headers=downstream_response_headers(upstream.headers))
     response.headers[REQUEST_ID_HEADER] = request_id_of(request)
     response.headers.update(ctx.response_headers)
     if upstream.content_length is not None and request.method != "HEAD" and upstream.status not in (204, 304):
