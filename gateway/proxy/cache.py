@@ -30,14 +30,16 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import orjson
+from multidict import CIMultiDict
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from gateway.proxy.headers import downstream_response_headers
 from gateway.redis_link import Client, RedisLink, RedisUnavailable
 from gateway.settings import Settings
 from routing.table import Route
@@ -73,6 +75,13 @@ class CachedResponse:
     stored_at: float  # wall clock (the cache's clock), so every node computes the same Age
     ttl: int
     stale: int = 0  # seconds past the TTL it is kept, to be served only when the upstream fails
+    # `headers` through this node's response filter, once per entry rather than once per HIT: an
+    # entry in the shared cache may have been stored by a node whose filter was narrower (an
+    # older release), and a HIT must never return more than a MISS.
+    returned: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "returned", tuple(downstream_response_headers(CIMultiDict(self.headers)).items()))
 
     @property
     def expires_at(self) -> float:
@@ -188,8 +197,8 @@ def cacheable(status: int, headers: Mapping[str, str], size: int | None, max_bod
 
 
 def _entry_size(key: str, response: CachedResponse) -> int:
-    return (len(key) + len(response.body) + sum(len(n) + len(v) for n, v in response.headers)
-            + ENTRY_OVERHEAD)
+    return (len(key) + len(response.body) + ENTRY_OVERHEAD
+            + sum(len(n) + len(v) for n, v in (*response.headers, *response.returned)))
 
 
 class _Space:

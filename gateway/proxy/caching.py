@@ -69,10 +69,8 @@ class Capture:
 
 
 def _serve(ctx: ProxyContext, entry: CachedResponse, now: float, status: str = "HIT") -> web.Response:
-    # Filtered again on the way out: an entry in the shared cache may have been stored by a node
-    # whose filter was narrower (an older release), and a HIT must never return more than a MISS.
     response = web.Response(status=entry.status, body=None if ctx.request.method == "HEAD" else entry.body,
-                            headers=downstream_response_headers(CIMultiDict(entry.headers)))
+                            headers=CIMultiDict(entry.returned))  # filtered (CachedResponse.returned)
     response.headers.update(ctx.response_headers)
     response.headers[CACHE_STATUS_HEADER] = status
     response.headers["Age"] = str(entry.age(now))
