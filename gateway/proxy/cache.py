@@ -197,8 +197,9 @@ def cacheable(status: int, headers: Mapping[str, str], size: int | None, max_bod
 
 
 def _entry_size(key: str, response: CachedResponse) -> int:
-    return (len(key) + len(response.body) + ENTRY_OVERHEAD
-            + sum(len(n) + len(v) for n, v in (*response.headers, *response.returned)))
+    # `returned` holds the same strings as `headers` (the filter drops pairs, never copies them).
+    return (len(key) + len(response.body) + sum(len(n) + len(v) for n, v in response.headers)
+            + ENTRY_OVERHEAD)
 
 
 class _Space:
