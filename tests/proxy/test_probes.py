@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -16,11 +16,12 @@ from aiohttp.test_utils import TestClient
 
 
 from gateway.proxy.breaker import Breakers
-from gateway.proxy.probes import LEASE_SECONDS, TICK_SECONDS, HealthProber
+from gateway.proxy.probes import LEASE_SECONDS, REFRESH_INTERVALS, TICK_SECONDS, HealthProber, _Track
 from gateway.proxy.runtime import PROXY
 from gateway.redis_link import RedisLink
 from tests.conftest import gateway_client, make_settings
 from tests.factories import Factory
+from routing.loader import Installation
 from tests.plugins import Plugin, make_plugin, until_status
 
 CHECK = {"path": "/health", "interval_seconds": 5, "timeout_seconds": 1, "healthy_threshold": 1,
@@ -167,3 +168,25 @@ async def test_two_nodes_probe_each_installation_once_per_interval_in_total(
     # One node probes at a time: two (or, with the jitter, three) in two intervals; both nodes
     # probing would make four or more.
     assert 1 <= probes <= 3, probes
+
+
+def test_a_flapping_upstream_never_flips_the_verdict_nor_writes_on_every_probe() -> None:
+    now = [0.0]
+    prober = HealthProber(None, None, None, None, None, Breakers(5, 30), clock=lambda: now[0])  # type: ignore[arg-type]
+    installation = Installation(uuid4(), uuid4(), uuid4(), "svc", "active", "member", {})
+    config = {**CHECK, "healthy_threshold": 2, "unhealthy_threshold": 3}
+    track = _Track(due=0.0, verdict=None)
+    writes = []
+    for probe in range(40):  # up, down, up, down...: never two alike in a row
+        now[0] = probe * config["interval_seconds"]
+        prober._judge(installation, config, track, ok=probe % 2 == 0)
+        writes.append(prober._pending.pop(installation.id, None))
+    assert writes == [None] * 40  # no verdict at all: neither threshold is ever reached
+    for probe in range(40, 80):  # up twice: healthy; then flapping again keeps it
+        now[0] = probe * config["interval_seconds"]
+        prober._judge(installation, config, track, ok=probe < 42 or probe % 2 == 0)
+        writes.append(prober._pending.pop(installation.id, None))
+    written = [(i, w) for i, w in enumerate(writes) if w is not None]
+    assert written[0] == (41, "healthy") and {w for _, w in written} == {"healthy"}
+    # Afterwards only the periodic refresh of last_health_check, not one write per probe.
+    assert len(written) <= 1 + 40 // REFRESH_INTERVALS
