@@ -26,13 +26,12 @@ DEFINER_OWNERS = ("gateway_reader", "gateway_bookkeeper", "gateway_rotator", "ga
 READ_WRITE = ("service_registry", "service_api_routes", "service_ui_components", "service_installations",
               "infrastructure_instances", "instance_services", "service_management_assignments",
               "api_keys", "service_maintainers")
-# The host platform's: read only.
+# The host platform's: read only. The audit log: insert (by its triggers) and read, never more.
 READ_ONLY = ("users", "spaces", "space_members")
+APPEND_ONLY = ("audit_log",)
 # The gateway's own tables the app role only reads (row-level security decides which rows): the
-# audit log is written by its triggers only, which run as gateway_auditor (row-level security
-# lets no other role insert, migration 20250101001000), and the webhook outbox by its definer
-# functions only.
-OWN_READ_ONLY = ("audit_log", "webhook_deliveries")
+# webhook outbox is written by its definer functions only.
+OWN_READ_ONLY = ("webhook_deliveries",)
 
 CROSS_SPACE_FUNCTIONS = (
     "gateway_live_routes()", "gateway_live_installations()", "gateway_routes_fingerprint()",
@@ -97,11 +96,10 @@ def grant_statements(app_role: str, present: set[str]) -> list[str]:
     ro = ", ".join(f"public.{t}" for t in READ_ONLY if t in present)
     statements.append(f"GRANT SELECT ON {ro} TO {app_role}")
     statements.append(f"GRANT SELECT ON public.schema_migrations TO {app_role}")  # /readyz: pending migrations
-    for table in OWN_READ_ONLY:
+    for table in APPEND_ONLY:
         if table in present:
-            # REVOKE: databases migrated before the app role lost INSERT on audit_log.
-            statements.append(f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.{table} FROM {app_role}")
-            statements.append(f"GRANT SELECT ON public.{table} TO {app_role}")
+            statements.append(f"GRANT SELECT, INSERT ON public.{table} TO {app_role}")
+    statements += [f"GRANT SELECT ON public.{table} TO {app_role}" for table in OWN_READ_ONLY if table in present]
     statements.append(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {app_role}")
     statements += [f"GRANT EXECUTE ON FUNCTION public.{f} TO {app_role}" for f in CROSS_SPACE_FUNCTIONS]
     return statements
