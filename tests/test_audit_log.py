@@ -444,8 +444,9 @@ async def test_row_security_is_forced_on_the_audit_tables(db: asyncpg.Pool) -> N
     auditor = await db.fetchrow("SELECT rolcanlogin, rolsuper, rolbypassrls FROM pg_roles "
                                 "WHERE rolname = 'gateway_auditor'")
     assert not (auditor["rolcanlogin"] or auditor["rolsuper"] or auditor["rolbypassrls"])
-    # The app role reads audit rows; only the triggers (as gateway_auditor) write them.
-    for privilege, granted in (("SELECT", True), ("INSERT", False), ("UPDATE", False), ("DELETE", False),
+    # The contract's grants: the app role may insert and read, never update or delete (and its own
+    # inserts are refused by row-level security: only the triggers, as gateway_auditor, write).
+    for privilege, granted in (("SELECT", True), ("INSERT", True), ("UPDATE", False), ("DELETE", False),
                                ("TRUNCATE", False)):
         assert await db.fetchval("SELECT has_table_privilege($1, 'public.audit_log', $2)", ROLE, privilege) \
             is granted, privilege
