@@ -29,6 +29,8 @@ log = logging.getLogger("gateway.db")
 # Errors meaning "the server is not there", as opposed to a bad query.
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
                      asyncpg.InterfaceError, asyncio.TimeoutError)
+# How often a GATEWAY_DB_ROLE that does not exist yet is asked for again.
+ROLE_RETRY_SECONDS = 2.0
 # What counts as a failure of PostgreSQL itself: the above, and a server shutting down under a
 # call (57P01/57P02). Not a bad query, a constraint, a cancellation.
 FAILURES = (*CONNECTION_ERRORS, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError)
@@ -101,7 +103,8 @@ class Database:
     def __init__(self, dsn: str, role: str | None = None) -> None:
         """`role` (GATEWAY_DB_ROLE): the role every query runs as. It is checked once the pool
         opens: a superuser, BYPASSRLS or owner role is refused (`refused` says why) and the pool
-        is never used, so row-level security holds every query or there are none."""
+        is never used, so row-level security holds every query or there are none. A role that
+        does not exist (yet) is asked for again every ROLE_RETRY_SECONDS."""
         self.dsn = dsn
         self.role = role
         self.pool: asyncpg.Pool | None = None
@@ -118,8 +121,13 @@ class Database:
                 await asyncio.sleep(retry_seconds)
                 continue
             except asyncpg.InvalidParameterValueError as exc:  # the role does not exist, or is not ours
-                await self._refuse(None, f"cannot run queries as {self.role!r}: {exc}")
-                return
+                # Not yet, maybe: `gateway migrate` creates the role, and on Kubernetes the pods may
+                # start before the migration Job has run. Said once, then asked again quietly.
+                reason = f"cannot run queries as {self.role!r}: {exc}"
+                if self.refused != reason:
+                    await self._refuse(None, reason)
+                await asyncio.sleep(max(retry_seconds, ROLE_RETRY_SECONDS))
+                continue
             if self.role is not None:
                 try:
                     async with pool.acquire() as conn:
@@ -131,7 +139,7 @@ class Database:
                     log.warning("the login %r is a superuser, BYPASSRLS or the tables' owner: fine for "
                                 "development; production logs in as a member of %r only",
                                 self.identity.login, self.role)
-            self.pool = pool
+            self.pool, self.refused = pool, None
         self.ready.set()
 
     async def _refuse(self, pool: asyncpg.Pool | None, reason: str) -> None:

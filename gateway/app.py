@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[DB] = Database(settings.database_url, role=settings.db_role)
+    app[health.READINESS] = health.Readiness()
     app[KEYRING] = KeyRing.parse(settings.encryption_keys)
     app[JWT] = JwtVerifier.from_config(
         secret=settings.jwt_secret, public_key=settings.jwt_public_key, jwks_url=settings.jwks_url,

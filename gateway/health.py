@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass, field
 
+import asyncpg
 from aiohttp import web
 
-from db.migrate import pending_migrations
+from db.migrate import MigrationError, pending_migrations
+from db.pool import CONNECTION_ERRORS
 from gateway.appkeys import DB
 from gateway.proxy.runtime import PROXY
 from gateway.redis_link import RedisLink
 
-READY_SINCE = web.AppKey("ready_since", float)
-PENDING_MIGRATIONS: web.AppKey[list[str]] = web.AppKey("pending_migrations", list)
+MIGRATIONS_RECHECK_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class Readiness:
+    """What /readyz remembers. One object made with the app: a started app's items must not be
+    set again (aiohttp deprecates it), and this is written long after the start."""
+    since: float | None = None  # when the node became ready for good
+    pending_migrations: list[str] = field(default_factory=list)
+
+
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness", Readiness)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -37,17 +51,26 @@ async def _redis_state(link: RedisLink) -> str:
 
 
 async def mark_ready_when_possible(app: web.Application) -> None:
-    """Once PostgreSQL answers and every migration is applied, the node is ready for good."""
-    db = app[DB]
+    """Once PostgreSQL answers and every migration is applied, the node is ready for good. The
+    migrations are looked at again every MIGRATIONS_RECHECK_SECONDS until none is pending: on
+    Kubernetes the gateway's pods may start before the migration Job has run."""
+    db, readiness = app[DB], app[READINESS]
     await db.ready.wait()
     assert db.pool is not None
-    async with db.pool.acquire() as conn:
-        pending = await pending_migrations(conn)
-    app[PENDING_MIGRATIONS] = [m.filename for m in pending]
-    if pending:
-        return
+    while True:
+        try:
+            async with db.pool.acquire() as conn:
+                pending = [m.filename for m in await pending_migrations(conn)]
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError):  # away, or mid-migration (no grants yet)
+            pending = readiness.pending_migrations or ["(not known yet: the migrations table cannot be read)"]
+        except MigrationError as exc:  # an applied migration was edited or removed
+            pending = [f"({exc})"]
+        readiness.pending_migrations = pending
+        if not pending:
+            break
+        await asyncio.sleep(MIGRATIONS_RECHECK_SECONDS)
     await app[PROXY].loader.loaded.wait()
-    app[READY_SINCE] = time.time()
+    readiness.since = time.time()
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -72,16 +95,17 @@ async def readyz(request: web.Request) -> web.Response:
                         # age_seconds is then the snapshot's.
                         "source": loader.source},
     }
-    if READY_SINCE in app:
+    readiness = app[READINESS]
+    if readiness.since is not None:
         body["status"] = "ready"
-        body["ready_for_seconds"] = round(time.time() - app[READY_SINCE], 3)
+        body["ready_for_seconds"] = round(time.time() - readiness.since, 3)
         # A node that lost PostgreSQL after start stays ready: it keeps serving from memory.
         return web.json_response(body)
     if loader.source == "snapshot" and loader.loaded.is_set():
         body["status"] = "ready"  # from the last-known-good state, until PostgreSQL answers
         return web.json_response(body)
     body["status"] = "starting"
-    pending = app.get(PENDING_MIGRATIONS)
+    pending = readiness.pending_migrations
     if pending:
         body["missing"] = ["pending migrations: " + ", ".join(pending) + " (run gateway migrate)"]
     elif app[DB].refused:

@@ -244,6 +244,7 @@ class StateLoader:
         self._fingerprint: str | None = None
         self._reload_pending: asyncio.Task[None] | None = None
         self._dirty = False
+        self._schema_error: type[BaseException] | None = None  # the last reason a load failed, said once
 
     @property
     def age(self) -> float | None:
@@ -325,6 +326,12 @@ class StateLoader:
                         await self.reload()
             except CONNECTION_ERRORS as exc:
                 log.warning("change listener lost PostgreSQL (%s); serving the last state", type(exc).__name__)
+            except asyncpg.PostgresError as exc:
+                # The schema is not there (yet): on Kubernetes the pods may start before the
+                # migration Job has run. Said once per kind of error, then asked again.
+                if type(exc) is not self._schema_error:
+                    log.warning("cannot load the registry (%s: %s); retrying", type(exc).__name__, exc)
+                    self._schema_error = type(exc)
             finally:
                 self.listening = False
                 if conn is not None and not conn.is_closed():

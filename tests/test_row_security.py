@@ -5,6 +5,7 @@ writes into B refused; a platform-admin transaction sees all. Rows are arranged 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from uuid import UUID
 import asyncpg
 import pytest
 
-from db.pool import Database, create_pool
+from db.pool import ROLE_RETRY_SECONDS, Database, create_pool
 from db.roles import UnsafeRole, check_identity
 from tests.factories import Factory
 
@@ -275,7 +276,22 @@ async def test_serve_refuses_the_tables_owner(database_url: str, db: asyncpg.Poo
         await database.close()
 
 
-async def test_an_unknown_role_is_refused_with_a_reason(database_url: str) -> None:
-    database = Database(database_url, role="pgw_no_such_role")
-    await database.connect()
-    assert database.pool is None and "pgw_no_such_role" in (database.refused or "")
+async def test_an_unknown_role_is_refused_with_a_reason_until_it_exists(database_url: str, db: asyncpg.Pool) -> None:
+    # The gateway's pods may start before the migration Job has created the role.
+    role = f"pgw_later_{uuid.uuid4().hex[:8]}"
+    database = Database(database_url, role=role)
+    connecting = asyncio.create_task(database.connect(retry_seconds=0.1))
+    try:
+        for _ in range(100):
+            if database.refused:
+                break
+            await asyncio.sleep(0.05)
+        assert database.pool is None and role in (database.refused or "")
+        await db.execute(f"CREATE ROLE {role} NOLOGIN")
+        await db.execute(f"GRANT gateway_app TO {role}")
+        await asyncio.wait_for(connecting, ROLE_RETRY_SECONDS + 5)
+        assert database.pool is not None and database.refused is None
+    finally:
+        connecting.cancel()
+        await database.close()
+        await db.execute(f"DROP ROLE IF EXISTS {role}")
