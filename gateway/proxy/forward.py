@@ -397,6 +397,10 @@ async def _stream_back(ctx: ProxyContext, upstream: aiohttp.ClientResponse,
             await response.write(chunk)
             if capture is not None:
                 capture.add(chunk)
+    except ConnectionResetError:
+        # Writing to the caller, who went away (aiohttp's ClientConnectionResetError is one, and
+        # only a write raises it): not the upstream's failure. The middleware logs a 499.
+        raise
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         # Headers are gone already: the only honest signal left is to cut the connection,
         # so the caller cannot take a truncated body for a complete one. (A body deadline that
