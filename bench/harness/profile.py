@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .measure import Run, run_wrk
+from .processes import children_of, cpu_seconds
 from .targets import Target
 
 PROFILE_RATE = 200  # samples per second
@@ -166,6 +167,10 @@ def py_spy_binary() -> str:
 
 def profile_run(target: Target, pid: int, seconds: int, output: list[str]) -> Run:
     """One 64-connection wrk run with py-spy recording the process (blocking mode: full stacks)."""
+    # `gateway serve` is gunicorn's arbiter: the requests are served by its worker, the busiest child.
+    children = children_of(pid)
+    if children:
+        pid = max(children, key=lambda child: cpu_seconds([child]))
     # --gil: only the thread holding the GIL, i.e. running Python or C code of the interpreter. A thread
     # inside send() has released it; counting it would count the time it waits for a CPU after waking
     # wrk or the upstream (wake-up preemption on a small machine) as if it were work. Kernel time is

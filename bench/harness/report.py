@@ -284,9 +284,10 @@ def render_limiter(bench: Bench, rows: dict[tuple[str, int], dict[str, float]], 
         remaining = limiter.get("remaining", ["?", "?"])
         w(f"Checked before the rounds: two calls to the limited route answered `RateLimit-Limit: {limiter['limit']}`, "
           f"`RateLimit-Policy: {limiter['policy']}`, `RateLimit-Remaining` {remaining[0]} then {remaining[1]}, and "
-          f"Redis held {limiter['redis_keys']} window key (`pgw:rl:…`) counting {limiter['redis_count']}.")
+          f"Redis held {limiter['redis_keys']} window key (`pgw:rl:…`) counting {limiter['redis_count']} (counts "
+          "are reserved ahead in blocks while the limit is far, so Redis may be up to one block ahead).")
     if after:
-        w(f"After the rounds (warm-up and checks included): Redis had counted {after['redis_count']:,} requests "
+        w(f"After the rounds (warm-up and checks included): Redis had counted {after['redis_count']:,} (blocks reserved) "
           f"of the limited route, the gateway had answered {after['answered']:,.0f} on it; "
           f"{after['fallbacks']:,.0f} decisions were taken without Redis, {after['redis_errors']:,.0f} Redis "
           "calls failed.")
