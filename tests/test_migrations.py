@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,32 +104,22 @@ async def test_platform_rows_need_only_the_contract_columns(db: asyncpg.Pool) ->
                          await db.fetchval("INSERT INTO spaces (name) VALUES ('x') RETURNING id"), user)
 
 
-async def test_a_node_started_before_the_migrations_turns_ready_once_they_are_applied(postgres_server: str) -> None:
+async def test_a_node_started_before_the_migrations_turns_ready_once_they_are_applied(empty_dsn: str) -> None:
     # Kubernetes may start the gateway's pods before the migration Job has run.
-    name = f"pgw_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(postgres_server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = _with_database(postgres_server, name)
-    try:
-        async with gateway_client(make_settings(dsn)) as client:
-            deadline = time.monotonic() + 20
-            while True:
-                ready = await client.get("/readyz")
-                body = await ready.json()
-                # Before `gateway migrate` the role may not exist yet either (a fresh server).
-                if any(m.startswith(("pending migrations", "database role")) for m in body.get("missing", [])):
-                    break
-                assert time.monotonic() < deadline, str(body)
-                await asyncio.sleep(0.2)
-            assert ready.status == 503
-            await migrate(dsn)
-            deadline = time.monotonic() + 30
-            while (ready := await client.get("/readyz")).status != 200:
-                assert time.monotonic() < deadline, await ready.text()
-                await asyncio.sleep(0.3)
-            assert (await ready.json())["status"] == "ready"
-    finally:
-        await drop_database(postgres_server, name)
+    async with gateway_client(make_settings(empty_dsn)) as client:
+        deadline = time.monotonic() + 20
+        while True:
+            ready = await client.get("/readyz")
+            body = await ready.json()
+            # Before `gateway migrate` the role may not exist yet either (a fresh server).
+            if any(m.startswith(("pending migrations", "database role")) for m in body.get("missing", [])):
+                break
+            assert time.monotonic() < deadline, str(body)
+            await asyncio.sleep(0.2)
+        assert ready.status == 503
+        await migrate(empty_dsn)
+        deadline = time.monotonic() + 30
+        while (ready := await client.get("/readyz")).status != 200:
+            assert time.monotonic() < deadline, await ready.text()
+            await asyncio.sleep(0.3)
+        assert (await ready.json())["status"] == "ready"
