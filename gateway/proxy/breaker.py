@@ -120,12 +120,9 @@ class Breakers:
         self._open: dict[UUID, int] = {}  # installation id → its open breakers (for the API)
         self._flights: dict[Key, _Flight] = {}
 
-    async def admit(self, key: Key, wait: float) -> Ticket:
-        """Admit a call, waiting up to `wait` seconds for a place (module docstring). Raises
-        BreakerOpen while the breaker is open, Unanswered when no place came in time."""
-        ticket = self.try_admit(key)
-        if ticket is not None:
-            return ticket
+    async def wait_admit(self, key: Key, wait: float) -> Ticket:
+        """Admit a call that try_admit could not, waiting up to `wait` seconds for a place (module
+        docstring). Raises BreakerOpen once the breaker opens, Unanswered when no place came."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:

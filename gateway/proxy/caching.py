@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 
 from aiohttp import web
@@ -27,7 +26,7 @@ from gateway import metrics
 from gateway.errors import GatewayError
 from gateway.middleware import REQUEST_ID_HEADER, request_id_of
 from gateway.proxy.cache import CachedResponse, cache_key, cacheable
-from gateway.proxy.context import ProxyContext
+from gateway.proxy.context import Capture, ProxyContext
 from gateway.proxy.headers import downstream_response_headers
 from gateway.proxy.runtime import runtime_of
 
@@ -46,26 +45,6 @@ SHARED_FAILURES = frozenset({502, 503, 504})
 FLIGHT_GRACE = 1.0
 
 Terminal = Callable[[ProxyContext], Awaitable[web.StreamResponse]]
-
-
-@dataclass(slots=True)
-class Capture:
-    """The body of a MISS, collected while it streams, up to the cacheable size."""
-
-    limit: int
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
-    overflow: bool = False
-    complete: bool = False
-
-    def add(self, chunk: bytes) -> None:
-        if self.overflow:
-            return
-        self.size += len(chunk)
-        if self.size > self.limit:
-            self.overflow, self.chunks = True, []  # too big to keep: stop holding it at once
-        else:
-            self.chunks.append(chunk)
 
 
 def _serve(ctx: ProxyContext, entry: CachedResponse, now: float, status: str = "HIT") -> web.Response:

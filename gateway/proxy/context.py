@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from auth.principal import Principal
-from routing.loader import Assignment, Installation, ProxyState
 from gateway.proxy.breaker import Ticket
+from routing.loader import Assignment, Installation, ProxyState
 from routing.table import Match
 
-if TYPE_CHECKING:
-    from gateway.proxy.caching import Capture
+
+@dataclass(slots=True)
+class Capture:
+    """The body of a MISS, collected by forward while it streams, up to the cacheable size, for
+    the cache stage (gateway.proxy.caching) to store."""
+
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+    overflow: bool = False
+    complete: bool = False
+
+    def add(self, chunk: bytes) -> None:
+        if self.overflow:
+            return
+        self.size += len(chunk)
+        if self.size > self.limit:
+            self.overflow, self.chunks = True, []  # too big to keep: stop holding it at once
+        else:
+            self.chunks.append(chunk)
 
 
 @dataclass(slots=True)

@@ -307,7 +307,7 @@ async def forward(ctx: ProxyContext) -> web.StreamResponse:
     key = _breaker_key(ctx, target)
     if key is None:
         return await _call(ctx, rt, target, limit)
-    ticket = rt.breakers.try_admit(key) or await rt.breakers.admit(key, _read_timeout(ctx, rt))
+    ticket = rt.breakers.try_admit(key) or await rt.breakers.wait_admit(key, _read_timeout(ctx, rt))
     ctx.breaker = ticket
     try:
         return await _call(ctx, rt, target, limit)

@@ -228,7 +228,7 @@ async def test_a_waiter_goes_on_an_answer_gets_503_when_it_opens_and_gives_up_af
     breakers = Breakers(2, 30.0)
     key = (uuid.uuid4(), "http://a:80")
     calls = [admitted(breakers, key) for _ in range(2)]
-    waiting = asyncio.ensure_future(breakers.admit(key, 5.0))
+    waiting = asyncio.ensure_future(breakers.wait_admit(key, 5.0))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     breakers.answered(calls[0])
@@ -237,8 +237,8 @@ async def test_a_waiter_goes_on_an_answer_gets_503_when_it_opens_and_gives_up_af
         breakers.settle(call, "svc", Outcome.SUCCESS)
 
     calls = [admitted(breakers, key) for _ in range(2)]
-    waiting = asyncio.ensure_future(breakers.admit(key, 5.0))
-    cancelled = asyncio.ensure_future(breakers.admit(key, 5.0))
+    waiting = asyncio.ensure_future(breakers.wait_admit(key, 5.0))
+    cancelled = asyncio.ensure_future(breakers.wait_admit(key, 5.0))
     await asyncio.sleep(0.01)
     cancelled.cancel()
     for call in calls:
@@ -250,7 +250,7 @@ async def test_a_waiter_goes_on_an_answer_gets_503_when_it_opens_and_gives_up_af
     calls = [admitted(breakers, other) for _ in range(2)]
     started = time.perf_counter()
     with pytest.raises(Unanswered):
-        await breakers.admit(other, 0.1)
+        await breakers.wait_admit(other, 0.1)
     assert 0.09 < time.perf_counter() - started < 1
     for call in calls:
         breakers.settle(call, "svc", Outcome.NEUTRAL)
