@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,10 @@ from db.migrate import migrate
 from gateway.dev import services as devservices
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.logs import JsonFormatter
+from gateway.redis_link import RedisLink
 from gateway.settings import Settings
 from tests.factories import Factory
+from tests.redis_topologies import ClusterTopology, SentinelTopology, start_cluster, start_sentinel
 
 JWT_SECRET = "test-jwt-secret-" + uuid.uuid4().hex
 ENCRYPTION_KEYS = f"{generate_key_ring_entry('t2')},{generate_key_ring_entry('t1')}"
@@ -212,3 +214,38 @@ async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
 @pytest.fixture(scope="module")
 def make(db: asyncpg.Pool) -> Factory:
     return Factory(db, JWT_SECRET)
+
+
+# -- Redis Sentinel and Cluster: real redis-server processes of the module's own, stopped by PID
+# (a module may define its own, secured ones: tests/proxy/test_redis_secured.py).
+
+@pytest.fixture(scope="module")
+def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
+    topology = start_sentinel(tmp_path_factory.mktemp("sentinel"))
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    topology = start_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture
+async def links() -> AsyncIterator[Callable[..., RedisLink]]:
+    """RedisLinks (one per gateway node) closed at the end of the test."""
+    made: list[RedisLink] = []
+
+    def make(url: str, timeout: float = 2.0) -> RedisLink:
+        made.append(RedisLink(url, timeout))
+        return made[-1]
+
+    yield make
+    for link in made:
+        await link.close()

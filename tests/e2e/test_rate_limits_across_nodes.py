@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -52,14 +53,16 @@ def start_gateway(database_url: str, redis_url: str, port: int, log: Path) -> su
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-@pytest.fixture
-def three_gateways(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[list[int]]:
+@contextlib.contextmanager
+def three_nodes(database_url: str, redis_url: str, logs: Path) -> Iterator[list[int]]:
+    """Three `gateway serve` processes on one database and REDIS_URL: their ports, once they listen."""
     ports = [devservices.free_port() for _ in range(3)]
-    processes = [start_gateway(database_url, redis_url, port, tmp_path / f"gateway-{port}.log") for port in ports]
+    processes = [start_gateway(database_url, redis_url, port, logs / f"gateway-{port}.log") for port in ports]
     try:
         deadline = time.monotonic() + 30
-        for port in ports:
+        for port, process in zip(ports, processes, strict=True):
             while not devservices.tcp_answers("127.0.0.1", port, 0.2):
+                assert process.poll() is None, (logs / f"gateway-{port}.log").read_text(errors="replace")[-2000:]
                 assert time.monotonic() < deadline, "gateway did not start"
                 time.sleep(0.1)
         yield ports
@@ -70,6 +73,12 @@ def three_gateways(database_url: str, redis_url: str, tmp_path: Path) -> Iterato
             process.wait(timeout=20)
 
 
+@pytest.fixture
+def three_gateways(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[list[int]]:
+    with three_nodes(database_url, redis_url, tmp_path) as ports:
+        yield ports
+
+
 RUNS = 10
 
 
@@ -78,26 +87,34 @@ async def test_three_nodes_let_exactly_the_limit_through(three_gateways: list[in
                                                          tmp_path: Path) -> None:
     """Limit 100 per 30 s, 600 concurrent requests over three nodes in a fresh window, default
     settings: exactly 100 pass, in each of RUNS runs (each on a route of its own: a fresh counter)."""
+    await bursts_pass_exactly_the_limit(three_gateways, make, db, aiohttp_server, tmp_path, RUNS)
+
+
+async def bursts_pass_exactly_the_limit(ports: list[int], make: Factory, db: asyncpg.Pool, aiohttp_server: Any,
+                                        logs: Path, runs: int) -> None:
+    """Limit 100 per 30 s, 600 concurrent requests over the nodes on `ports` in a fresh window:
+    exactly 100 pass, in each of `runs` runs (each on a route of its own: a fresh counter), and
+    no decision is taken without Redis."""
     hits = Hits()
     upstream = await aiohttp_server(hits.app)
     plugin = await make_plugin(db, make, str(upstream.make_url("")).rstrip("/"), routes={})
-    for run in range(RUNS):
+    for run in range(runs):
         await add_route(db, plugin.service_id, f"/run{run}/{{rest:path}}", "/{rest}", rate_limit=100,
                         rate_limit_window=30)
     await add_route(db, plugin.service_id, "/ping", "/ping")  # unlimited: tells when a node has loaded
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        for port in three_gateways:
+        for port in ports:
             deadline = time.monotonic() + 10
             ping = f"http://127.0.0.1:{port}{plugin.path('/ping')}"
             while (await session.get(ping, headers=plugin.member)).status != 200:
                 assert time.monotonic() < deadline, "a node did not load the routes"
                 await asyncio.sleep(0.1)
-        fallbacks_before = [await local_fallbacks(session, port) for port in three_gateways]
+        fallbacks_before = [await local_fallbacks(session, port) for port in ports]
         passed = []
-        for run in range(RUNS):
+        for run in range(runs):
             hits.count = 0
-            urls = [f"http://127.0.0.1:{port}{plugin.path(f'/run{run}/x')}" for port in three_gateways]
+            urls = [f"http://127.0.0.1:{port}{plugin.path(f'/run{run}/x')}" for port in ports]
             # All 600 inside one 30 s window: start right after a boundary if less than 10 s remain.
             if time.time() % 30 > 20:
                 await asyncio.sleep(30 - time.time() % 30 + 0.05)
@@ -109,10 +126,10 @@ async def test_three_nodes_let_exactly_the_limit_through(three_gateways: list[in
 
             statuses = await asyncio.gather(*(call(n) for n in range(600)))
             passed.append((statuses.count(200), statuses.count(429), hits.count))
-        fallbacks_after = [await local_fallbacks(session, port) for port in three_gateways]
-    redis_lines = [line for log in tmp_path.glob("gateway-*.log")
+        fallbacks_after = [await local_fallbacks(session, port) for port in ports]
+    redis_lines = [line for log in logs.glob("gateway-*.log")
                    for line in log.read_text(errors="replace").splitlines() if "gateway.redis" in line]
-    assert passed == [(100, 500, 100)] * RUNS, (
+    assert passed == [(100, 500, 100)] * runs, (
         f"fallbacks per node {fallbacks_before} -> {fallbacks_after}; " + "\n".join(redis_lines[:20]))
     assert fallbacks_after == fallbacks_before, redis_lines[:20]  # every decision came from Redis
 

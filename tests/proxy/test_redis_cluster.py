@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from uuid import UUID
 
@@ -18,34 +17,10 @@ from redis.crc import key_slot
 
 from gateway.proxy.cache import ENTRY_PREFIX, cache_key
 from gateway.proxy.ratelimit import KEY_PREFIX, RateLimiter, _window
-from gateway.redis_link import RedisLink
 from tests.proxy.redis_scenarios import (FIXED_NOW, SCENARIOS, WINDOW, LinkFactory, broken_connections_are_dropped,
                                          fallbacks, fixed_clock)
 from tests.proxy.test_cache import key_inputs, make_route, node, response
-from tests.redis_topologies import ClusterTopology, SlotMove, redirections, start_cluster
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
-    topology = start_cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield topology
-    finally:
-        topology.stop()
-
-
-@pytest.fixture
-async def links() -> AsyncIterator[LinkFactory]:
-    """RedisLinks (one per gateway node) closed at the end of the test."""
-    made: list[RedisLink] = []
-
-    def make(url: str, timeout: float = 2.0) -> RedisLink:
-        made.append(RedisLink(url, timeout))
-        return made[-1]
-
-    yield make
-    for link in made:
-        await link.close()
+from tests.redis_topologies import ClusterTopology, SlotMove, redirections
 
 
 def limit_key(route: UUID, space: UUID) -> str:

@@ -9,7 +9,7 @@ other, with the fallback, and never an exception out of RedisLink or a password 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -48,19 +48,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, security: Security) -> Ite
 def topology(request: pytest.FixtureRequest) -> SentinelTopology | ClusterTopology:
     found: SentinelTopology | ClusterTopology = request.getfixturevalue(request.param)
     return found
-
-
-@pytest.fixture
-async def links() -> AsyncIterator[LinkFactory]:
-    made: list[RedisLink] = []
-
-    def make(url: str, timeout: float = 2.0) -> RedisLink:
-        made.append(RedisLink(url, timeout))
-        return made[-1]
-
-    yield make
-    for link in made:
-        await link.close()
 
 
 @pytest.mark.parametrize("scenario", [exact_limit, cache_across_nodes, purge_everywhere],

@@ -11,43 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from gateway.proxy.ratelimit import KEY_PREFIX, MAX_BLOCK, RateLimiter, _window
-from gateway.redis_link import RedisLink
 from tests.proxy.redis_scenarios import (FIXED_NOW, SCENARIOS, WINDOW, LinkFactory, broken_connections_are_dropped,
                                          fallbacks, fixed_clock)
-from tests.redis_topologies import SentinelTopology, start_sentinel
+from tests.redis_topologies import SentinelTopology
 
 # The failover must be over (and counting back in Redis) within this; it takes about 2 to 6 s
 # with down-after 1 s (tests/redis_topologies.py), plus RedisLink's 1 s pause.
 RECOVERY_BOUND = 25.0
-
-
-@pytest.fixture(scope="module")
-def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
-    topology = start_sentinel(tmp_path_factory.mktemp("sentinel"))
-    try:
-        yield topology
-    finally:
-        topology.stop()
-
-
-@pytest.fixture
-async def links() -> AsyncIterator[LinkFactory]:
-    """RedisLinks (one per gateway node) closed at the end of the test."""
-    made: list[RedisLink] = []
-
-    def make(url: str, timeout: float = 2.0) -> RedisLink:
-        made.append(RedisLink(url, timeout))
-        return made[-1]
-
-    yield make
-    for link in made:
-        await link.close()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda scenario: scenario.__name__)
